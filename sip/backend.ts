@@ -1,0 +1,105 @@
+import type { EventEmitter } from 'node:events';
+import type { TransportKind } from './transport/flow.js';
+
+/**
+ * The edge of the SIP layer. The call controller sees only these types: SDP strings in and
+ * out, and one `ended` event per leg. The embedded stack (sip.js parsing, our transactions)
+ * implements it; a drachtio-srf backend can implement the same interface.
+ */
+
+export type LegEndCause =
+  /** The far end sent BYE. */
+  | 'bye'
+  /** The far end CANCELled before answer. */
+  | 'cancel'
+  /** A final non-2xx response ended an outbound leg. */
+  | 'rejected'
+  /** Timer B/F: no final response. */
+  | 'timeout'
+  /** We answered and no ACK came. */
+  | 'no-ack'
+  /** The flow (WebSocket, TCP) closed or could not be used. */
+  | 'transport'
+  /** We ended it (terminate(), reject()). */
+  | 'local';
+
+export interface LegEnd {
+  cause: LegEndCause;
+  /** The SIP status involved: the rejection code, 408 on timeout, 487 on cancel... */
+  status?: number;
+  reason?: string;
+}
+
+export type LegState = 'calling' | 'early' | 'answered' | 'confirmed' | 'ended';
+
+export interface LegEvents {
+  /** A provisional response arrived (outbound legs). */
+  progress: [status: number, reason: string];
+  /** A 2xx with an SDP answer arrived and was ACKed (outbound legs). */
+  answered: [sdp: string];
+  /** The ACK for our 2xx arrived (inbound legs). */
+  confirmed: [];
+  /** Emitted exactly once, on the first terminal event, whatever it is. */
+  ended: [end: LegEnd];
+}
+
+export interface TerminateOptions {
+  /** Final status for an unanswered inbound leg (default 487 or 480). */
+  status?: number;
+  reason?: string;
+  /** A `Reason` header value (RFC 3326) for the BYE or CANCEL. */
+  reasonHeader?: string;
+}
+
+export interface SipCallLeg extends EventEmitter<LegEvents> {
+  readonly id: string;
+  readonly callId: string;
+  readonly state: LegState;
+  /** Ends the leg whatever its state: final response or CANCEL before answer, BYE after. Idempotent. */
+  terminate(opts?: TerminateOptions): void;
+}
+
+export interface InboundCall extends SipCallLeg {
+  readonly fromUser: string;
+  readonly fromUri: string;
+  readonly toUser: string;
+  readonly requestUri: string;
+  readonly offer: string;
+  readonly source: { transport: TransportKind; address: string; port: number; flowId: string };
+  /** Sends a provisional response (180, 183). */
+  progress(status: number, reason?: string): void;
+  /** Sends 200 OK with the SDP answer; `confirmed` follows on ACK, `ended` with `no-ack` otherwise. */
+  accept(sdp: string): void;
+  /** Sends a final non-2xx response; the leg ends with cause `local`. */
+  reject(status: number, reason?: string): void;
+}
+
+export interface OutboundCallOptions {
+  /** Where the INVITE goes. */
+  target: { transport: 'udp' | 'tcp'; host: string; port: number };
+  /** User part of the Request-URI and To. */
+  toUser: string;
+  fromUser: string;
+  fromDisplayName?: string;
+  offer: string;
+  /** Extra headers (full lines). */
+  headers?: string[];
+}
+
+export type OutboundCall = SipCallLeg;
+
+export interface SipBackendStats {
+  transactions: number;
+  dialogs: number;
+  retransmissions: number;
+}
+
+export type SipBackendEvents = {
+  invite: [call: InboundCall];
+};
+
+export interface SipBackend extends EventEmitter<SipBackendEvents> {
+  createCall(opts: OutboundCallOptions): OutboundCall;
+  stats(): SipBackendStats;
+  close(): Promise<void>;
+}

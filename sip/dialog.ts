@@ -1,0 +1,79 @@
+import { NameAddrHeader, newBranch, type ParsedRequest, type ParsedResponse } from './message.js';
+import type { Flow } from './transport/flow.js';
+
+/** Dialog state (RFC 3261 §12): what in-dialog requests need. */
+export class Dialog {
+  readonly id: string;
+  localSeq: number;
+  remoteSeq: number;
+  /** Last ACK we sent for a 2xx, re-sent if the 2xx is retransmitted. */
+  lastAck: string | undefined;
+
+  private constructor(
+    readonly callId: string,
+    readonly localTag: string,
+    readonly remoteTag: string,
+    /** Our From (UAC) or To (UAS) header value, with our tag. */
+    readonly localHeader: string,
+    /** The peer's header value, with its tag. */
+    readonly remoteHeader: string,
+    readonly remoteTarget: string,
+    readonly routeSet: string[],
+    localSeq: number,
+    remoteSeq: number,
+    /** Where in-dialog requests go: the flow the dialog was made on. */
+    public flow: Flow,
+  ) {
+    this.id = Dialog.key(callId, localTag, remoteTag);
+    this.localSeq = localSeq;
+    this.remoteSeq = remoteSeq;
+  }
+
+  static key(callId: string, localTag: string, remoteTag: string): string {
+    return `${callId}|${localTag}|${remoteTag}`;
+  }
+
+  /** UAS side, from the INVITE and the To tag we put in our 2xx. */
+  static asUas(req: ParsedRequest, localTag: string, flow: Flow): Dialog {
+    const m = req.msg;
+    const to = `${m.getHeader('to')};tag=${localTag}`;
+    return new Dialog(m.callId, localTag, m.fromTag, to, m.getHeader('from') ?? '', contactUri(m) ?? m.from.uri.toString(), recordRoutes(m), 0, m.cseq, flow);
+  }
+
+  /** UAC side, from our INVITE's headers and the 2xx. */
+  static asUac(res: ParsedResponse, fromHeader: string, localTag: string, cseq: number, flow: Flow, fallbackTarget: string): Dialog {
+    const m = res.msg;
+    return new Dialog(m.callId, localTag, m.toTag, fromHeader, m.getHeader('to') ?? '', contactUri(m) ?? fallbackTarget, recordRoutes(m).reverse(), cseq, 0, flow);
+  }
+
+  /** Builds an in-dialog request (BYE, re-INVITE) or the ACK for a 2xx (same CSeq as the INVITE). */
+  request(method: string, via: (branch: string) => string, contact: string, opts: { cseq?: number; headers?: string[]; body?: string } = {}): { text: string; branch: string } {
+    const branch = newBranch();
+    const cseq = opts.cseq ?? ++this.localSeq;
+    const lines = [
+      `${method} ${this.remoteTarget} SIP/2.0`,
+      `Via: ${via(branch)}`,
+      'Max-Forwards: 70',
+      ...this.routeSet.map((r) => `Route: ${r}`),
+      `From: ${this.localHeader}`,
+      `To: ${this.remoteHeader}`,
+      `Call-ID: ${this.callId}`,
+      `CSeq: ${cseq} ${method}`,
+      `Contact: ${contact}`,
+      ...(opts.headers ?? []),
+    ];
+    const body = opts.body ?? '';
+    if (body) lines.push('Content-Type: application/sdp');
+    lines.push(`Content-Length: ${Buffer.byteLength(body)}`);
+    return { text: lines.join('\r\n') + '\r\n\r\n' + body, branch };
+  }
+}
+
+function contactUri(m: { headers: Record<string, Array<{ parsed?: unknown }>> }): string | undefined {
+  const c = m.headers['Contact']?.[0]?.parsed;
+  return c instanceof NameAddrHeader ? c.uri.toString() : undefined;
+}
+
+function recordRoutes(m: { headers: Record<string, Array<{ raw: string }>> }): string[] {
+  return (m.headers['Record-Route'] ?? []).map((h) => h.raw);
+}

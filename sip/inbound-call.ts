@@ -1,0 +1,158 @@
+import { SafeEmitter } from '../src/util/safe-emitter.js';
+import type { InboundCall, LegEnd, LegEvents, LegState, TerminateOptions } from './backend.js';
+import { Dialog } from './dialog.js';
+import { randomToken, type ParsedRequest, type ParsedResponse } from './message.js';
+import type { DialogOwner, FlowBound, StackContext } from './stack-context.js';
+import type { ServerTransaction } from './transactions.js';
+import type { Flow } from './transport/flow.js';
+
+/** The UAS side of a call: an INVITE we received (from a WebSocket softphone, a trunk...). */
+export class InboundCallLeg extends SafeEmitter<LegEvents> implements InboundCall, DialogOwner, FlowBound {
+  readonly id: string;
+  readonly callId: string;
+  readonly fromUser: string;
+  readonly fromUri: string;
+  readonly toUser: string;
+  readonly requestUri: string;
+  readonly offer: string;
+  readonly source: InboundCall['source'];
+  #state: LegState = 'calling';
+  #ended = false;
+  #localTag = randomToken(6);
+  #dialog: Dialog | undefined;
+  #ctx: StackContext;
+  #txn: ServerTransaction;
+  #flow: Flow;
+
+  constructor(ctx: StackContext, req: ParsedRequest, txn: ServerTransaction, flow: Flow) {
+    super(ctx.log);
+    this.#ctx = ctx;
+    this.#txn = txn;
+    this.#flow = flow;
+    const m = req.msg;
+    this.id = `in-${randomToken(6)}`;
+    this.callId = m.callId;
+    this.fromUser = m.from.uri.user ?? '';
+    this.fromUri = m.from.uri.toString();
+    this.toUser = req.ruri.user ?? '';
+    this.requestUri = req.ruri.toString();
+    this.offer = m.body ?? '';
+    this.source = { transport: flow.transport, address: flow.remote.address, port: flow.remote.port, flowId: flow.id };
+    if (flow.reliable) ctx.bindFlow(flow, this);
+    txn.on('ackTimeout', () => {
+      if (this.#state !== 'answered') return;
+      this.#end({ cause: 'no-ack', status: 408, reason: 'no ACK for 200 OK' });
+      this.#sendBye('SIP;cause=408;text="ACK Timeout"');
+    });
+    txn.on('transportError', () => this.#end({ cause: 'transport', reason: 'cannot send response' }));
+  }
+
+  get state(): LegState {
+    return this.#state;
+  }
+
+  progress(status: number, reason?: string): void {
+    if (this.#ended || this.#txn.hasFinalResponse) return;
+    if (status <= 100 || status >= 200) throw new TypeError(`not a provisional status: ${status}`);
+    this.#ctx.respond(this.#txn, status, { reason, toTag: this.#localTag });
+    this.#state = 'early';
+  }
+
+  accept(sdp: string): void {
+    if (this.#ended || this.#txn.hasFinalResponse) return;
+    const d = Dialog.asUas(this.#txn.request, this.#localTag, this.#flow);
+    this.#dialog = d;
+    this.#ctx.registerDialog(d, this);
+    this.#state = 'answered';
+    this.#ctx.respond(this.#txn, 200, {
+      toTag: this.#localTag,
+      headers: [`Contact: ${this.#ctx.contact(this.#flow)}`, 'Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO'],
+      body: sdp,
+    });
+  }
+
+  reject(status: number, reason?: string): void {
+    if (this.#ended || this.#txn.hasFinalResponse) return;
+    if (status < 300 || status > 699) throw new TypeError(`not a final error status: ${status}`);
+    this.#ctx.respond(this.#txn, status, { reason, toTag: this.#localTag });
+    this.#end({ cause: 'local', status, reason });
+  }
+
+  terminate(opts: TerminateOptions = {}): void {
+    if (this.#ended) return;
+    if (!this.#txn.hasFinalResponse) {
+      const status = opts.status && opts.status >= 300 ? opts.status : 480;
+      this.reject(status, opts.reason);
+      return;
+    }
+    this.#end({ cause: 'local', reason: opts.reason });
+    this.#sendBye(opts.reasonHeader);
+  }
+
+  /** CANCEL matched our INVITE transaction (the stack has already answered the CANCEL with 200). */
+  onCancel(): void {
+    if (this.#ended || this.#txn.hasFinalResponse) return;
+    this.#ctx.respond(this.#txn, 487, { toTag: this.#localTag });
+    this.#end({ cause: 'cancel', status: 487 });
+  }
+
+  onRequest(req: ParsedRequest, txn: ServerTransaction): void {
+    handleInDialogRequest(this.#ctx, req, txn, () => this.#end({ cause: 'bye' }));
+  }
+
+  onAck(): void {
+    if (this.#state !== 'answered') return;
+    this.#txn.ackReceived();
+    this.#state = 'confirmed';
+    this.safeEmit('confirmed');
+  }
+
+  on2xxRetransmission(_res: ParsedResponse): void {}
+
+  onFlowClosed(): void {
+    this.#end({ cause: 'transport', reason: 'connection closed' });
+  }
+
+  #sendBye(reasonHeader?: string): void {
+    const d = this.#dialog;
+    if (!d) return;
+    try {
+      const { text, branch } = d.request('BYE', (b) => this.#ctx.via(d.flow, b), this.#ctx.contact(d.flow), {
+        headers: reasonHeader ? [`Reason: ${reasonHeader}`] : [],
+      });
+      this.#ctx.sendRequest(d.flow, 'BYE', branch, text);
+    } catch (err) {
+      this.#ctx.log.debug({ err, callId: this.callId }, 'BYE not sent');
+    }
+  }
+
+  #end(end: LegEnd): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    this.#state = 'ended';
+    if (this.#dialog) this.#ctx.unregisterDialog(this.#dialog);
+    if (this.#flow.reliable) this.#ctx.unbindFlow(this.#flow, this);
+    this.safeEmit('ended', end);
+    this.removeAllListeners('progress').removeAllListeners('answered').removeAllListeners('confirmed');
+  }
+}
+
+/** What both leg kinds do with requests inside an established dialog. */
+export function handleInDialogRequest(ctx: StackContext, req: ParsedRequest, txn: ServerTransaction, onBye: () => void): void {
+  switch (req.method) {
+    case 'BYE':
+      ctx.respond(txn, 200);
+      onBye();
+      return;
+    case 'OPTIONS':
+    case 'INFO':
+      ctx.respond(txn, 200);
+      return;
+    case 'INVITE':
+      // Session changes (hold, codec change) are not negotiated yet: refuse, the session stays as it is.
+      ctx.respond(txn, 488, { reason: 'Not Acceptable Here' });
+      return;
+    default:
+      ctx.respond(txn, 501, { headers: ['Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO'] });
+  }
+}

@@ -1,0 +1,182 @@
+import { SafeEmitter } from '../src/util/safe-emitter.js';
+import type { LegEnd, LegEvents, LegState, OutboundCall, OutboundCallOptions, TerminateOptions } from './backend.js';
+import { Dialog } from './dialog.js';
+import { handleInDialogRequest } from './inbound-call.js';
+import { buildRequest, newBranch, randomToken, type ParsedRequest, type ParsedResponse } from './message.js';
+import type { DialogOwner, StackContext } from './stack-context.js';
+import type { ClientTransaction, ServerTransaction } from './transactions.js';
+import type { Flow } from './transport/flow.js';
+
+/** The UAC side of a call: our INVITE toward a SIP peer (trunk, PBX). */
+export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundCall, DialogOwner {
+  readonly id = `out-${randomToken(6)}`;
+  readonly callId = randomToken(12);
+  #state: LegState = 'calling';
+  #ended = false;
+  #ctx: StackContext;
+  #opts: OutboundCallOptions;
+  #localTag = randomToken(6);
+  #cseq = 1;
+  #flow: Flow | undefined;
+  #invite: { branch: string; via: string; ruri: string; from: string; to: string; txn: ClientTransaction } | undefined;
+  #dialog: Dialog | undefined;
+  /** CANCEL must wait for a provisional response (RFC 3261 §9.1). */
+  #cancelPending: string | undefined;
+  #cancelSent = false;
+
+  constructor(ctx: StackContext, opts: OutboundCallOptions) {
+    super(ctx.log);
+    this.#ctx = ctx;
+    this.#opts = opts;
+  }
+
+  get state(): LegState {
+    return this.#state;
+  }
+
+  /** Resolves the flow and sends the INVITE; failures end the leg (never reject). */
+  async start(): Promise<void> {
+    const { target } = this.#opts;
+    let flow: Flow;
+    try {
+      flow = await this.#ctx.flowTo(target.transport, { address: target.host, port: target.port });
+    } catch (err) {
+      this.#end({ cause: 'transport', status: 503, reason: `cannot reach ${target.host}:${target.port}: ${(err as Error).message}` });
+      return;
+    }
+    if (this.#ended) return;
+    this.#flow = flow;
+    const o = this.#opts;
+    const hostPort = `${target.host}:${target.port}`;
+    const uriParams = target.transport === 'tcp' ? ';transport=tcp' : '';
+    const ruri = `sip:${o.toUser}@${hostPort}${uriParams}`;
+    const display = o.fromDisplayName ? `"${o.fromDisplayName.replace(/["\\]/g, '')}" ` : '';
+    const from = `${display}<sip:${o.fromUser}@${flow.local.address}>;tag=${this.#localTag}`;
+    const to = `<sip:${o.toUser}@${hostPort}>`;
+    const branch = newBranch();
+    const via = this.#ctx.via(flow, branch);
+    const text = buildRequest({
+      method: 'INVITE',
+      ruri,
+      via,
+      from,
+      to,
+      callId: this.callId,
+      cseq: this.#cseq,
+      contact: this.#ctx.contact(flow),
+      headers: ['Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO', ...(o.headers ?? [])],
+      body: o.offer,
+    });
+    const buildAck = (res: ParsedResponse) =>
+      buildRequest({ method: 'ACK', ruri, via, from, to: res.msg.getHeader('to') ?? to, callId: this.callId, cseq: this.#cseq });
+    const txn = this.#ctx.sendRequest(flow, 'INVITE', branch, text, buildAck);
+    this.#invite = { branch, via, ruri, from, to, txn };
+    txn.on('response', (res) => this.#onResponse(res));
+    txn.on('timeout', () => this.#end({ cause: 'timeout', status: 408, reason: 'no final response (Timer B)' }));
+    txn.on('transportError', (err) => this.#end({ cause: 'transport', status: 503, reason: err.message }));
+    txn.start();
+  }
+
+  terminate(opts: TerminateOptions = {}): void {
+    if (this.#ended) return;
+    if (this.#dialog) {
+      this.#end({ cause: 'local', reason: opts.reason });
+      this.#sendBye(this.#dialog, opts.reasonHeader);
+      return;
+    }
+    this.#cancelPending = opts.reasonHeader ?? '';
+    if (this.#state === 'early') this.#sendCancel();
+    this.#end({ cause: 'local', reason: opts.reason });
+  }
+
+  #onResponse(res: ParsedResponse): void {
+    const s = res.status;
+    if (s < 200) {
+      if (this.#cancelPending !== undefined) {
+        this.#sendCancel();
+        return;
+      }
+      if (this.#ended) return;
+      if (s > 100) this.#state = 'early';
+      else if (this.#state === 'calling') this.#state = 'early';
+      this.safeEmit('progress', s, res.msg.reasonPhrase ?? '');
+      return;
+    }
+    if (s >= 300) {
+      this.#end({ cause: 'rejected', status: s, reason: res.msg.reasonPhrase });
+      return;
+    }
+    this.#on2xx(res);
+  }
+
+  #on2xx(res: ParsedResponse): void {
+    const inv = this.#invite!;
+    const flow = this.#flow!;
+    const d = this.#dialog;
+    if (d && d.remoteTag === res.msg.toTag) {
+      if (d.lastAck) this.#ctx.sendRaw(d.flow, d.lastAck);
+      return;
+    }
+    // A new dialog: the first 2xx, a 2xx from another fork, or a 2xx that crossed our CANCEL.
+    const dialog = Dialog.asUac(res, inv.from, this.#localTag, this.#cseq, flow, inv.ruri);
+    const ack = dialog.request('ACK', (b) => this.#ctx.via(flow, b), this.#ctx.contact(flow), { cseq: this.#cseq });
+    dialog.lastAck = ack.text;
+    this.#ctx.sendRaw(flow, ack.text);
+    if (this.#ended || this.#dialog) {
+      this.#sendBye(dialog, 'SIP;cause=487;text="Call terminated"');
+      return;
+    }
+    this.#dialog = dialog;
+    this.#ctx.registerDialog(dialog, this);
+    this.#state = 'confirmed';
+    this.safeEmit('answered', res.msg.body ?? '');
+  }
+
+  #sendCancel(): void {
+    const inv = this.#invite;
+    if (!inv || this.#cancelSent || !this.#flow) return;
+    this.#cancelSent = true;
+    const reason = this.#cancelPending;
+    const text = buildRequest({
+      method: 'CANCEL',
+      ruri: inv.ruri,
+      via: inv.via,
+      from: inv.from,
+      to: inv.to,
+      callId: this.callId,
+      cseq: this.#cseq,
+      headers: reason ? [`Reason: ${reason}`] : [],
+    });
+    this.#ctx.sendRequest(this.#flow, 'CANCEL', inv.branch, text).start();
+  }
+
+  #sendBye(dialog: Dialog, reasonHeader?: string): void {
+    try {
+      const { text, branch } = dialog.request('BYE', (b) => this.#ctx.via(dialog.flow, b), this.#ctx.contact(dialog.flow), {
+        headers: reasonHeader ? [`Reason: ${reasonHeader}`] : [],
+      });
+      this.#ctx.sendRequest(dialog.flow, 'BYE', branch, text).start();
+    } catch (err) {
+      this.#ctx.log.debug({ err, callId: this.callId }, 'BYE not sent');
+    }
+  }
+
+  onRequest(req: ParsedRequest, txn: ServerTransaction): void {
+    handleInDialogRequest(this.#ctx, req, txn, () => this.#end({ cause: 'bye' }));
+  }
+
+  onAck(): void {}
+
+  on2xxRetransmission(res: ParsedResponse): void {
+    this.#on2xx(res);
+  }
+
+  #end(end: LegEnd): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    this.#state = 'ended';
+    if (this.#dialog) this.#ctx.unregisterDialog(this.#dialog);
+    this.safeEmit('ended', end);
+    this.removeAllListeners('progress').removeAllListeners('answered').removeAllListeners('confirmed');
+  }
+}

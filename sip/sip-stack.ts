@@ -1,0 +1,304 @@
+import type http from 'node:http';
+import type { Logger } from 'pino';
+import { SafeEmitter } from '../src/util/safe-emitter.js';
+import type { OutboundCall, OutboundCallOptions, SipBackend, SipBackendEvents, SipBackendStats } from './backend.js';
+import { Dialog } from './dialog.js';
+import { InboundCallLeg } from './inbound-call.js';
+import { buildResponse, parseSipMessage, randomToken, type ParsedRequest, type ParsedResponse, type ResponseOptions } from './message.js';
+import { OutboundCallLeg } from './outbound-call.js';
+import type { DialogOwner, FlowBound, StackContext } from './stack-context.js';
+import { ClientTransaction, DEFAULT_TIMERS, ServerTransaction, clientKey, serverKey, type SipTimers } from './transactions.js';
+import type { Address, Flow, SipTransport, TransportKind } from './transport/flow.js';
+import { TcpTransport } from './transport/tcp.js';
+import { UdpTransport } from './transport/udp.js';
+import { WsTransport } from './transport/ws.js';
+
+export interface SipListen {
+  transport: 'udp' | 'tcp';
+  host: string;
+  port: number;
+}
+
+export interface SipStackOptions {
+  listen: SipListen[];
+  /** SIP over WebSocket is served on this HTTP server's upgrades (subprotocol `sip`). */
+  httpServer?: http.Server;
+  /** Address put in Via and Contact; defaults to each transport's bound address. */
+  announceAddress?: string;
+  timers?: Partial<SipTimers>;
+  userAgent?: string;
+  log: Logger;
+}
+
+const ALLOW = 'INVITE, ACK, CANCEL, BYE, OPTIONS, INFO';
+
+/**
+ * The embedded SIP backend: transports, RFC 3261 transactions, message routing and dialog
+ * matching. Parsing is sip.js core's; transactions are ours (see transactions.ts).
+ */
+export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBackend {
+  readonly timers: SipTimers;
+  #log: Logger;
+  #opts: SipStackOptions;
+  #transports = new Map<TransportKind, SipTransport>();
+  #client = new Map<string, ClientTransaction>();
+  #server = new Map<string, ServerTransaction>();
+  #dialogs = new Map<string, DialogOwner>();
+  #inviteLegs = new Map<string, InboundCallLeg>();
+  #flowLegs = new Map<string, Set<FlowBound>>();
+  #retransmissions = 0;
+  #closed = false;
+  readonly #ctx: StackContext;
+
+  private constructor(opts: SipStackOptions) {
+    super(opts.log);
+    this.#opts = opts;
+    this.#log = opts.log;
+    this.timers = { ...DEFAULT_TIMERS, ...opts.timers };
+    this.#ctx = this.#makeContext();
+  }
+
+  static async create(opts: SipStackOptions): Promise<SipStack> {
+    const stack = new SipStack(opts);
+    try {
+      for (const l of opts.listen) {
+        const t = l.transport === 'udp' ? await UdpTransport.listen(l.host, l.port) : await TcpTransport.listen(l.host, l.port);
+        stack.#addTransport(t);
+      }
+      if (opts.httpServer) stack.#addTransport(new WsTransport(opts.httpServer));
+    } catch (err) {
+      await stack.close();
+      throw err;
+    }
+    return stack;
+  }
+
+  #addTransport(t: SipTransport): void {
+    if (this.#transports.has(t.kind)) throw new TypeError(`only one ${t.kind} listener is supported`);
+    this.#transports.set(t.kind, t);
+    t.on('message', (data, flow) => this.#onMessage(data, flow));
+    t.on('flowClosed', (flow) => this.#onFlowClosed(flow));
+    t.on('error', (err) => this.#log.warn({ err, transport: t.kind }, 'SIP transport error'));
+    this.#log.info({ transport: t.kind, ...t.local }, 'SIP transport listening');
+  }
+
+  /** The bound address of a transport (tests listen on port 0). */
+  address(kind: TransportKind): Address | undefined {
+    return this.#transports.get(kind)?.local;
+  }
+
+  get wsConnections(): number {
+    const ws = this.#transports.get('ws');
+    return ws instanceof WsTransport ? ws.connections : 0;
+  }
+
+  createCall(opts: OutboundCallOptions): OutboundCall {
+    const leg = new OutboundCallLeg(this.#ctx, opts);
+    void leg.start();
+    return leg;
+  }
+
+  stats(): SipBackendStats {
+    return { transactions: this.#client.size + this.#server.size, dialogs: this.#dialogs.size, retransmissions: this.#retransmissions };
+  }
+
+  #onMessage(data: string, flow: Flow): void {
+    if (this.#closed) return;
+    const p = parseSipMessage(data);
+    if (p.kind === 'invalid') {
+      this.#log.warn({ reason: p.reason, from: `${flow.remote.address}:${flow.remote.port}`, transport: flow.transport }, 'bad SIP message');
+      if (p.request && p.request.method !== 'ACK' && p.vias) {
+        const res = buildResponse(p.request, 400, { reason: `Bad Request (${p.reason})`, vias: p.vias });
+        this.#sendSafely(this.#responseFlow(flow, p.vias), res);
+      }
+      return;
+    }
+    try {
+      if (p.kind === 'request') this.#onRequest(p, flow);
+      else this.#onResponse(p);
+    } catch (err) {
+      // One bad message must never become an uncaught exception: log it and keep serving.
+      this.#log.error({ err, from: `${flow.remote.address}:${flow.remote.port}` }, 'error handling SIP message');
+      if (p.kind === 'request' && p.method !== 'ACK') {
+        this.#sendSafely(flow, buildResponse(p.msg, 500, { vias: p.vias }));
+      }
+    }
+  }
+
+  #onRequest(req: ParsedRequest, flow: Flow): void {
+    this.#fixTopVia(req, flow);
+    const key = serverKey(req);
+    const existing = this.#server.get(key);
+    if (existing) {
+      if (req.method !== 'ACK') this.#retransmissions++;
+      existing.receive(req);
+      // Some UACs reuse the INVITE's branch for the ACK of a 2xx.
+      if (req.method === 'ACK' && existing.state === 'accepted') this.#dialogAck(req);
+      return;
+    }
+    if (req.method === 'ACK') {
+      this.#dialogAck(req);
+      return;
+    }
+    const responseFlow = this.#responseFlow(flow, req.vias);
+    const txn = new ServerTransaction(key, responseFlow, this.timers, req);
+    this.#server.set(key, txn);
+    txn.once('terminated', () => this.#server.delete(key));
+
+    const mf = req.msg.getHeader('max-forwards');
+    if (mf !== undefined && Number(mf) === 0) return this.#ctx.respond(txn, 483);
+
+    if (req.method === 'CANCEL') return this.#onCancel(req, txn);
+    if (req.msg.toTag) {
+      const owner = this.#dialogs.get(Dialog.key(req.msg.callId, req.msg.toTag, req.msg.fromTag));
+      if (owner) return owner.onRequest(req, txn);
+      return this.#ctx.respond(txn, 481);
+    }
+    switch (req.method) {
+      case 'INVITE':
+        return this.#onInvite(req, txn, flow);
+      case 'OPTIONS':
+        return this.#ctx.respond(txn, 200, { headers: [`Allow: ${ALLOW}`, 'Accept: application/sdp'] });
+      case 'BYE':
+        return this.#ctx.respond(txn, 481);
+      default:
+        return this.#ctx.respond(txn, 405, { headers: [`Allow: ${ALLOW}`] });
+    }
+  }
+
+  #onInvite(req: ParsedRequest, txn: ServerTransaction, flow: Flow): void {
+    this.#ctx.respond(txn, 100);
+    const ctype = req.msg.getHeader('content-type');
+    if (!req.msg.body || !ctype || !/^application\/sdp\b/i.test(ctype.trim())) {
+      return this.#ctx.respond(txn, 488, { reason: 'Not Acceptable Here (an SDP offer is required)' });
+    }
+    if (this.listenerCount('invite') === 0) return this.#ctx.respond(txn, 480);
+    const leg = new InboundCallLeg(this.#ctx, req, txn, flow);
+    this.#inviteLegs.set(txn.key, leg);
+    txn.once('terminated', () => this.#inviteLegs.delete(txn.key));
+    leg.once('ended', () => this.#inviteLegs.delete(txn.key));
+    this.safeEmit('invite', leg);
+  }
+
+  #onCancel(req: ParsedRequest, txn: ServerTransaction): void {
+    const leg = this.#inviteLegs.get(serverKey({ ...req, method: 'INVITE' }));
+    if (!leg) return this.#ctx.respond(txn, 481);
+    this.#ctx.respond(txn, 200);
+    leg.onCancel();
+  }
+
+  #dialogAck(req: ParsedRequest): void {
+    this.#dialogs.get(Dialog.key(req.msg.callId, req.msg.toTag, req.msg.fromTag))?.onAck(req);
+  }
+
+  #onResponse(res: ParsedResponse): void {
+    const txn = this.#client.get(clientKey(res.topVia.branch ?? '', res.method));
+    if (txn) return txn.receive(res);
+    if (res.method === 'INVITE' && res.status >= 200 && res.status < 300) {
+      this.#dialogs.get(Dialog.key(res.msg.callId, res.msg.fromTag, res.msg.toTag))?.on2xxRetransmission(res);
+    }
+  }
+
+  #onFlowClosed(flow: Flow): void {
+    const legs = this.#flowLegs.get(flow.id);
+    if (!legs) return;
+    this.#flowLegs.delete(flow.id);
+    for (const leg of legs) leg.onFlowClosed();
+  }
+
+  /** RFC 3261 §18.2.1 `received` and RFC 3581 `rport` on the top Via of a request we received. */
+  #fixTopVia(req: ParsedRequest, flow: Flow): void {
+    const v = req.topVia;
+    let top = req.vias[0]!;
+    const hasRport = /;\s*rport(?=[;=\s]|$)/i.test(top);
+    if (v.host !== flow.remote.address) top = top.replace(/;\s*received=[^;]*/i, '') + `;received=${flow.remote.address}`;
+    if (hasRport) top = top.replace(/;\s*rport(=[^;]*)?/i, `;rport=${flow.remote.port}`);
+    req.vias = [top, ...req.vias.slice(1)];
+    req.topVia = { ...v, received: flow.remote.address, rport: hasRport ? String(flow.remote.port) : v.rport };
+  }
+
+  /** Where responses go: back on the flow for streams; UDP to received:rport, or received:Via port (RFC 3581). */
+  #responseFlow(flow: Flow, vias: string[]): Flow {
+    if (flow.reliable) return flow;
+    const top = vias[0] ?? '';
+    if (/;\s*rport=\d+/i.test(top)) return flow;
+    const m = /^SIP\/2\.0\/UDP\s+(?:\[[^\]]+\]|[^:;\s]+)(?::(\d+))?/i.exec(top);
+    const port = m?.[1] ? Number(m[1]) : 5060;
+    const udp = this.#transports.get('udp');
+    if (!(udp instanceof UdpTransport) || port === flow.remote.port) return flow;
+    return udp.flowFor({ address: flow.remote.address, port });
+  }
+
+  #sendSafely(flow: Flow, data: string): void {
+    try {
+      flow.send(data);
+    } catch (err) {
+      this.#log.debug({ err, flow: flow.id }, 'send failed');
+    }
+  }
+
+  #makeContext(): StackContext {
+    const announce = (flow: Flow) => this.#opts.announceAddress ?? flow.local.address;
+    const hostPort = (flow: Flow) => {
+      const host = announce(flow);
+      return `${host.includes(':') ? `[${host}]` : host}:${flow.local.port}`;
+    };
+    return {
+      timers: this.timers,
+      log: this.#log,
+      respond: (txn: ServerTransaction, status: number, opts: ResponseOptions = {}) => {
+        const headers = [...(opts.headers ?? [])];
+        if (this.#opts.userAgent) headers.push(`Server: ${this.#opts.userAgent}`);
+        txn.respond(status, buildResponse(txn.request.msg, status, { ...opts, headers, vias: txn.request.vias }));
+      },
+      sendRequest: (flow, method, branch, text, buildAck) => {
+        const key = clientKey(branch, method);
+        const txn = new ClientTransaction(key, flow, this.timers, method, text, buildAck);
+        this.#client.set(key, txn);
+        txn.once('terminated', () => {
+          this.#retransmissions += txn.retransmissions;
+          this.#client.delete(key);
+        });
+        return txn;
+      },
+      sendRaw: (flow, text) => this.#sendSafely(flow, text),
+      flowTo: async (kind, dest) => {
+        const t = this.#transports.get(kind);
+        if (!t) throw new Error(`no ${kind} transport configured`);
+        return t.flowTo(dest);
+      },
+      via: (flow, branch) => {
+        const proto = flow.transport === 'ws' ? 'WS' : flow.transport.toUpperCase();
+        const sentBy = flow.transport === 'ws' ? `${randomToken(4)}.invalid` : hostPort(flow);
+        return `SIP/2.0/${proto} ${sentBy};branch=${branch};rport`;
+      },
+      contact: (flow, user = 'gw') => `<sip:${user}@${hostPort(flow)};transport=${flow.transport}>`,
+      registerDialog: (d, owner) => void this.#dialogs.set(d.id, owner),
+      unregisterDialog: (d) => void this.#dialogs.delete(d.id),
+      bindFlow: (flow, leg) => {
+        let set = this.#flowLegs.get(flow.id);
+        if (!set) this.#flowLegs.set(flow.id, (set = new Set()));
+        set.add(leg);
+      },
+      unbindFlow: (flow, leg) => {
+        const set = this.#flowLegs.get(flow.id);
+        set?.delete(leg);
+        if (set?.size === 0) this.#flowLegs.delete(flow.id);
+      },
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const t of [...this.#client.values(), ...this.#server.values()]) t.terminate();
+    this.#client.clear();
+    this.#server.clear();
+    this.#dialogs.clear();
+    this.#inviteLegs.clear();
+    this.#flowLegs.clear();
+    const results = await Promise.allSettled([...this.#transports.values()].map((t) => t.close()));
+    for (const r of results) if (r.status === 'rejected') this.#log.warn({ err: r.reason }, 'transport close failed');
+    this.#transports.clear();
+  }
+}

@@ -1,0 +1,85 @@
+import type http from 'node:http';
+import type { Duplex } from 'node:stream';
+import { EventEmitter } from 'node:events';
+import { WebSocketServer, type WebSocket } from 'ws';
+import type { Address, Flow, SipTransport, TransportEvents } from './flow.js';
+import { MAX_SIP_MESSAGE } from './flow.js';
+
+/**
+ * SIP over WebSocket (RFC 7118) on an existing HTTP server: any path, subprotocol `sip`.
+ * Each connection is one flow; requests to a WebSocket client can only go down its flow.
+ */
+export class WsTransport extends EventEmitter<TransportEvents> implements SipTransport {
+  readonly kind = 'ws' as const;
+  #wss: WebSocketServer;
+  #local: Address;
+  #nextId = 1;
+  #closed = false;
+  #onUpgrade: (req: http.IncomingMessage, socket: Duplex, head: Buffer) => void;
+  #server: http.Server;
+
+  constructor(server: http.Server) {
+    super();
+    this.#server = server;
+    const a = server.address();
+    this.#local = a && typeof a === 'object' ? { address: a.address, port: a.port } : { address: '', port: 0 };
+    this.#wss = new WebSocketServer({
+      noServer: true,
+      maxPayload: MAX_SIP_MESSAGE,
+      handleProtocols: (protocols) => (protocols.has('sip') ? 'sip' : false),
+    });
+    this.#onUpgrade = (req, socket, head) => {
+      const offered = String(req.headers['sec-websocket-protocol'] ?? '')
+        .split(',')
+        .map((s) => s.trim());
+      if (this.#closed || !offered.includes('sip')) {
+        socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+        return;
+      }
+      this.#wss.handleUpgrade(req, socket, head, (ws) => this.#adopt(ws, req));
+    };
+    server.on('upgrade', this.#onUpgrade);
+  }
+
+  get local(): Address {
+    return this.#local;
+  }
+
+  get connections(): number {
+    return this.#wss.clients.size;
+  }
+
+  #adopt(ws: WebSocket, req: http.IncomingMessage): void {
+    const remote = { address: req.socket.remoteAddress ?? '', port: req.socket.remotePort ?? 0 };
+    const flow: Flow = {
+      id: `ws:${this.#nextId++}:${remote.address}:${remote.port}`,
+      transport: 'ws',
+      reliable: true,
+      local: this.#local,
+      remote,
+      send: (data: string) => {
+        if (ws.readyState !== ws.OPEN) throw new Error('WebSocket flow closed');
+        ws.send(data);
+      },
+    };
+    ws.on('message', (data, isBinary) => {
+      const text = isBinary ? Buffer.from(data as Buffer).toString('utf8') : data.toString();
+      if (text.trim() === '') return; // keep-alive
+      this.emit('message', text, flow);
+    });
+    ws.on('error', () => ws.terminate());
+    ws.on('close', () => this.emit('flowClosed', flow));
+  }
+
+  async flowTo(dest: Address): Promise<Flow> {
+    throw new Error(`cannot open a WebSocket to ${dest.address}:${dest.port}: WebSocket clients are reached on their own flow`);
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#server.off('upgrade', this.#onUpgrade);
+    for (const ws of this.#wss.clients) ws.terminate();
+    await new Promise<void>((resolve) => this.#wss.close(() => resolve()));
+  }
+}

@@ -1,0 +1,695 @@
+/**
+ * Browser stand-in for integration tests: a SIP.js SessionDescriptionHandler backed by a werift
+ * RTCPeerConnection that behaves like a browser does towards the gateway: full ICE (controlling
+ * when it offers), DTLS-SRTP, one sendrecv audio m-line, no trickle. It only ever uses 127.0.0.1.
+ */
+import { randomInt } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+import {
+  MediaStreamTrack,
+  RTCPeerConnection,
+  RTCRtpCodecParameters,
+  RtpHeader,
+  RtpPacket,
+  type RTCDtlsTransport,
+  type RTCRtpTransceiver,
+} from 'werift';
+import type {
+  BodyAndContentType,
+  Session,
+  SessionDescriptionHandler,
+  SessionDescriptionHandlerFactory,
+  SessionDescriptionHandlerModifier,
+  SessionDescriptionHandlerOptions,
+} from 'sip.js';
+
+/** An audio codec as offered in SDP (`a=rtpmap:<payloadType> <name>/<clockRate>[/<channels>]`). */
+export interface AudioCodec {
+  /** `audio/<encoding name>`, e.g. `audio/PCMU`. */
+  readonly mimeType: string;
+  readonly clockRate: number;
+  readonly channels?: number;
+  readonly payloadType: number;
+  /** `a=fmtp` parameters. */
+  readonly parameters?: string;
+}
+
+export const OPUS: AudioCodec = {
+  mimeType: 'audio/opus',
+  clockRate: 48000,
+  channels: 2,
+  payloadType: 111,
+  parameters: 'minptime=10;useinbandfec=1',
+};
+export const PCMU: AudioCodec = { mimeType: 'audio/PCMU', clockRate: 8000, channels: 1, payloadType: 0 };
+export const PCMA: AudioCodec = { mimeType: 'audio/PCMA', clockRate: 8000, channels: 1, payloadType: 8 };
+export const TELEPHONE_EVENT: AudioCodec = {
+  mimeType: 'audio/telephone-event',
+  clockRate: 8000,
+  payloadType: 101,
+  parameters: '0-16',
+};
+/** What Chrome offers for audio, in its order, minus the codecs the gateway never sees. */
+export const DEFAULT_AUDIO_CODECS: readonly AudioCodec[] = [OPUS, PCMU, PCMA, TELEPHONE_EVENT];
+
+export interface WeriftSdhOptions {
+  /** Codecs offered (or accepted, when answering), in preference order. Default {@link DEFAULT_AUDIO_CODECS}. */
+  readonly codecs?: readonly AudioCodec[];
+  /**
+   * When true, `close()` (called by SIP.js when the session ends) leaves the PeerConnection running,
+   * so a test can watch the gateway close its side; call `forceClose()` to release it.
+   */
+  readonly keepPeerConnectionOnClose?: boolean;
+  /** The single host candidate address. Default `127.0.0.1`. */
+  readonly hostAddress?: string;
+  /** Bound on each getDescription/setDescription (gathering included). Default 10000 ms. */
+  readonly operationTimeoutMs?: number;
+}
+
+export interface SendRtpOptions {
+  /** Default: the first negotiated codec (what werift's sender and a browser would use). */
+  readonly payloadType?: number;
+  readonly marker?: boolean;
+  /** Timestamp units to advance after this packet. Default: 20 ms at the codec's clock rate. */
+  readonly timestampAdvance?: number;
+}
+
+export interface SendPacedRtpOptions {
+  readonly payload: Buffer;
+  readonly count: number;
+  /** Default 20. */
+  readonly intervalMs?: number;
+  readonly payloadType?: number;
+  /** How long to wait for the PeerConnection to connect before the first packet. Default 10000 ms. */
+  readonly connectTimeoutMs?: number;
+}
+
+export type PeerConnectionState = RTCPeerConnection['connectionState'];
+export type IceConnectionState = RTCPeerConnection['iceConnectionState'];
+
+export interface ConnectionStates {
+  readonly connectionState: PeerConnectionState;
+  readonly iceConnectionState: IceConnectionState;
+}
+
+/** Use after close, or before the state needed exists. */
+export class InvalidStateError extends Error {
+  override readonly name = 'InvalidStateError';
+}
+
+export class TimeoutError extends Error {
+  override readonly name = 'TimeoutError';
+}
+
+/**
+ * Settles with the first of `start`'s resolve/reject or a {@link TimeoutError} after `timeoutMs`.
+ * The cleanup `start` returns runs exactly once, however the wait ends; the timer is always cleared.
+ */
+export function waitWithDeadline<T>(
+  timeoutMs: number,
+  timeoutMessage: () => string,
+  start: (resolve: (value: T) => void, reject: (error: Error) => void) => (() => void) | void,
+): Promise<T> {
+  if (!Number.isFinite(timeoutMs) || timeoutMs <= 0 || timeoutMs > 600_000) {
+    return Promise.reject(new TypeError(`timeoutMs must be in (0, 600000], got ${timeoutMs}`));
+  }
+  return new Promise<T>((resolve, reject) => {
+    let settled = false;
+    let cleanup: (() => void) | void = undefined;
+    let cleanedUp = false;
+    const runCleanup = (): void => {
+      if (cleanedUp || cleanup === undefined) return;
+      cleanedUp = true;
+      cleanup();
+    };
+    const finish = (settle: () => void): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      try {
+        runCleanup();
+      } finally {
+        settle();
+      }
+    };
+    const timer = setTimeout(() => finish(() => reject(new TimeoutError(timeoutMessage()))), timeoutMs);
+    try {
+      cleanup = start(
+        (value) => finish(() => resolve(value)),
+        (error) => finish(() => reject(error)),
+      );
+    } catch (error) {
+      finish(() => reject(toError(error)));
+    }
+    // start() may have settled synchronously, before its cleanup existed.
+    if (settled) runCleanup();
+  });
+}
+
+export function toError(value: unknown): Error {
+  return value instanceof Error ? value : new Error(String(value));
+}
+
+const live = new Set<WeriftSessionDescriptionHandler>();
+
+/** Handlers whose PeerConnection is not yet closed: tests assert this is empty in `afterEach`. */
+export function liveSessionDescriptionHandlers(): ReadonlySet<WeriftSessionDescriptionHandler> {
+  return live;
+}
+
+const DTMF_EVENTS = '0123456789*#ABCD';
+
+export class WeriftSessionDescriptionHandler implements SessionDescriptionHandler {
+  readonly peerConnection: RTCPeerConnection;
+  readonly transceiver: RTCRtpTransceiver;
+  readonly #keepPeerConnectionOnClose: boolean;
+  readonly #operationTimeoutMs: number;
+  readonly #localTrack = new MediaStreamTrack({ kind: 'audio' });
+  readonly #disposers: Array<() => void> = [];
+  /** Rejecters of every pending wait or operation; teardown calls them all. */
+  readonly #pending = new Set<(error: Error) => void>();
+  readonly #timers = new Set<NodeJS.Timeout>();
+  readonly #rtpWaiters = new Set<() => void>();
+  readonly #stateWaiters = new Set<() => void>();
+  readonly #subscribedTracks = new Set<MediaStreamTrack>();
+  readonly #subscribedTransports = new Set<RTCDtlsTransport>();
+  readonly #receivedByPayloadType = new Map<number, number>();
+  #sipClosed = false;
+  #teardown: Promise<Error | undefined> | undefined;
+  #rtpReceived = 0;
+  #rtpAtTransport = 0;
+  #rtpSent = 0;
+  #lastBackgroundError: Error | undefined;
+  readonly #closed: Promise<void>;
+  readonly #resolveClosed: () => void;
+  #sequenceNumber = randomInt(0, 0x1_0000);
+  #timestamp = randomInt(0, 0x1_0000_0000);
+
+  constructor(options: WeriftSdhOptions = {}) {
+    const codecs = validateCodecs(options.codecs ?? DEFAULT_AUDIO_CODECS);
+    let resolveClosed!: () => void;
+    this.#closed = new Promise<void>((resolve) => (resolveClosed = resolve));
+    this.#resolveClosed = resolveClosed;
+    this.#keepPeerConnectionOnClose = options.keepPeerConnectionOnClose ?? false;
+    this.#operationTimeoutMs = options.operationTimeoutMs ?? 10_000;
+    this.peerConnection = new RTCPeerConnection({
+      iceServers: [],
+      iceUseIpv4: false,
+      iceUseIpv6: false,
+      iceAdditionalHostAddresses: [options.hostAddress ?? '127.0.0.1'],
+      codecs: { audio: codecs.map((codec) => new RTCRtpCodecParameters({ ...codec })), video: [] },
+      headerExtensions: { audio: [], video: [] },
+    });
+    // A track on the sender gives the m-line an msid, as a browser's microphone track would.
+    this.transceiver = this.peerConnection.addTransceiver(this.#localTrack, { direction: 'sendrecv' });
+    const notifyStateWaiters = (): void => this.#stateWaiters.forEach((check) => check());
+    this.#disposers.push(
+      this.peerConnection.connectionStateChange.subscribe(notifyStateWaiters).unSubscribe,
+      this.peerConnection.iceConnectionStateChange.subscribe(notifyStateWaiters).unSubscribe,
+    );
+    this.#subscribeRtp();
+    live.add(this);
+  }
+
+  /** Packets delivered to the receiver's track: signalled SSRC and negotiated payload type. */
+  get rtpReceived(): number {
+    return this.#rtpReceived;
+  }
+
+  /** Every SRTP packet decrypted by the transport, including ones werift then drops (unsignalled SSRC, unknown PT). */
+  get rtpReceivedAtTransport(): number {
+    return this.#rtpAtTransport;
+  }
+
+  get rtpReceivedByPayloadType(): ReadonlyMap<number, number> {
+    return this.#receivedByPayloadType;
+  }
+
+  /** The last failure of work started by sendDtmf(), which cannot report it. */
+  get lastBackgroundError(): Error | undefined {
+    return this.#lastBackgroundError;
+  }
+
+  get rtpSent(): number {
+    return this.#rtpSent;
+  }
+
+  /** `close()` was called (by SIP.js): no more offer/answer; the PeerConnection may still run. */
+  get isClosed(): boolean {
+    return this.#sipClosed;
+  }
+
+  /** The PeerConnection has been (or is being) closed. */
+  get isPeerConnectionClosed(): boolean {
+    return this.#teardown !== undefined;
+  }
+
+  get connectionStates(): ConnectionStates {
+    return {
+      connectionState: this.peerConnection.connectionState,
+      iceConnectionState: this.peerConnection.iceConnectionState,
+    };
+  }
+
+  /** Codecs agreed in the last offer/answer, with the remote side's payload types; empty before. */
+  get negotiatedCodecs(): readonly AudioCodec[] {
+    if (!this.transceiver.sender.codec) return [];
+    return this.transceiver.codecs.map((c) => ({
+      mimeType: c.mimeType,
+      clockRate: c.clockRate,
+      channels: c.channels,
+      payloadType: c.payloadType,
+      parameters: c.parameters,
+    }));
+  }
+
+  payloadTypeOf(mimeType: string): number | undefined {
+    const wanted = mimeType.toLowerCase();
+    return this.negotiatedCodecs.find((c) => c.mimeType.toLowerCase() === wanted)?.payloadType;
+  }
+
+  hasDescription(contentType: string): boolean {
+    return contentType.split(';')[0]?.trim().toLowerCase() === 'application/sdp';
+  }
+
+  /**
+   * Creates the offer, or the answer when a remote offer is set, and waits for gathering. SIP.js
+   * modifiers edit the SDP that is sent, not what werift applied (werift rejects a munged offer).
+   */
+  getDescription(
+    _options?: SessionDescriptionHandlerOptions,
+    modifiers?: SessionDescriptionHandlerModifier[],
+  ): Promise<BodyAndContentType> {
+    return this.#operation('getDescription', async () => {
+      const pc = this.peerConnection;
+      const description = pc.signalingState === 'have-remote-offer' ? await pc.createAnswer() : await pc.createOffer();
+      // werift falls back to stun.l.google.com:19302 when no STUN server is configured, even with
+      // iceServers: [] (NOTES); a test browser must stay on 127.0.0.1 and not wait on a lookup.
+      for (const iceTransport of pc.iceTransports) iceTransport.connection.stunServer = undefined;
+      // Resolves once gathering has finished: the SDP carries every candidate (no trickle).
+      await pc.setLocalDescription(description);
+      if (pc.iceGatheringState !== 'complete') {
+        throw new Error(`ICE gathering not complete after setLocalDescription (${pc.iceGatheringState})`);
+      }
+      const local = pc.localDescription;
+      if (!local) throw new Error('werift produced no local description');
+      const sdp = await applyModifiers(local.type, local.sdp, modifiers);
+      return { body: sdp, contentType: 'application/sdp' };
+    });
+  }
+
+  setDescription(
+    sdp: string,
+    _options?: SessionDescriptionHandlerOptions,
+    modifiers?: SessionDescriptionHandlerModifier[],
+  ): Promise<void> {
+    if (typeof sdp !== 'string' || sdp.length === 0) {
+      return Promise.reject(new TypeError('setDescription needs a non-empty SDP string'));
+    }
+    return this.#operation('setDescription', async () => {
+      const pc = this.peerConnection;
+      const type = pc.signalingState === 'have-local-offer' ? 'answer' : 'offer';
+      const modified = await applyModifiers(type, sdp, modifiers);
+      // Throws "negotiate codecs failed." when nothing is in common, as a browser rejects the answer.
+      await pc.setRemoteDescription({ type, sdp: modified });
+      // werift creates the receiving track (one per signalled SSRC) inside setRemoteDescription.
+      this.#subscribeRtp();
+    });
+  }
+
+  rollbackDescription(): Promise<void> {
+    return this.#operation('rollbackDescription', async () => {
+      const pc = this.peerConnection;
+      if (pc.signalingState === 'have-local-offer') await pc.setLocalDescription({ type: 'rollback' });
+      else if (pc.signalingState === 'have-remote-offer') await pc.setRemoteDescription({ type: 'rollback' });
+    });
+  }
+
+  /** RFC 4733 events on the negotiated telephone-event payload type; false if none or not connected. */
+  sendDtmf(tones: string): boolean {
+    if (this.isPeerConnectionClosed || this.payloadTypeOf(TELEPHONE_EVENT.mimeType) === undefined) return false;
+    if (this.peerConnection.connectionState !== 'connected' || !isDtmf(tones)) return false;
+    // The interface is synchronous: keep a late failure (closed or disconnected mid-way) for tests to read.
+    this.sendDtmfRtp(tones).catch((error: unknown) => (this.#lastBackgroundError = toError(error)));
+    return true;
+  }
+
+  /** Sends RFC 4733 events, one per tone; resolves after the last end packet. */
+  async sendDtmfRtp(tones: string, options: { durationMs?: number; gapMs?: number } = {}): Promise<void> {
+    if (!isDtmf(tones)) throw new TypeError(`not DTMF tones: ${JSON.stringify(tones)}`);
+    const durationMs = options.durationMs ?? 100;
+    const gapMs = options.gapMs ?? 50;
+    const payloadType = this.payloadTypeOf(TELEPHONE_EVENT.mimeType);
+    if (payloadType === undefined) throw new InvalidStateError('telephone-event was not negotiated');
+    const clockRate = this.negotiatedCodecs.find((c) => c.payloadType === payloadType)?.clockRate ?? 8000;
+    const step = clockRate / 50;
+    const total = Math.max(step, Math.round((clockRate * durationMs) / 1000));
+    for (const tone of tones.toUpperCase()) {
+      const event = DTMF_EVENTS.indexOf(tone);
+      const start = this.#timestamp;
+      for (let duration = step; duration < total; duration += step) {
+        await this.#sendEvent(payloadType, start, event, duration, false, duration === step);
+        await this.#sleep(20);
+      }
+      for (let i = 0; i < 3; i++) await this.#sendEvent(payloadType, start, event, total, true, false);
+      this.#timestamp = (start + total) >>> 0;
+      await this.#sleep(gapMs);
+    }
+  }
+
+  /**
+   * Sends one RTP packet with this handler's own sequence number and timestamp (consecutive across
+   * calls), on the sender's SSRC. The first negotiated codec goes through werift's sender (stats,
+   * RTCP SR); any other payload type is written to the DTLS transport, because the sender would
+   * relabel it with the first codec's payload type (NOTES).
+   */
+  async sendRtp(payload: Buffer, options: SendRtpOptions = {}): Promise<void> {
+    if (!Buffer.isBuffer(payload)) throw new TypeError('payload must be a Buffer');
+    this.#assertPeerConnectionOpen('sendRtp');
+    const sender = this.transceiver.sender;
+    const first = sender.codec;
+    if (!first) throw new InvalidStateError('sendRtp before any codec was negotiated');
+    const payloadType = options.payloadType ?? first.payloadType;
+    const codec = this.negotiatedCodecs.find((c) => c.payloadType === payloadType);
+    if (!codec) {
+      const negotiated = this.negotiatedCodecs.map((c) => `${c.payloadType} ${c.mimeType}`).join(', ');
+      throw new TypeError(`payload type ${payloadType} was not negotiated (negotiated: ${negotiated})`);
+    }
+    const dtls = this.transceiver.dtlsTransport;
+    if (dtls.state !== 'connected') {
+      throw new InvalidStateError(`sendRtp while DTLS is ${dtls.state} (${describeStates(this.connectionStates)})`);
+    }
+    const header = new RtpHeader({
+      payloadType,
+      sequenceNumber: this.#sequenceNumber,
+      timestamp: this.#timestamp,
+      ssrc: sender.ssrc,
+      marker: options.marker ?? false,
+    });
+    this.#sequenceNumber = (this.#sequenceNumber + 1) & 0xffff;
+    this.#timestamp = (this.#timestamp + (options.timestampAdvance ?? codec.clockRate / 50)) >>> 0;
+    if (payloadType === first.payloadType) await sender.sendRtp(new RtpPacket(header, payload));
+    else await dtls.sendRtp(payload, header);
+    this.#rtpSent++;
+  }
+
+  /** Sends `count` packets every `intervalMs` (drift-free), marker on the first; waits for `connected` first. */
+  async sendPacedRtp(options: SendPacedRtpOptions): Promise<void> {
+    const { payload, count } = options;
+    const intervalMs = options.intervalMs ?? 20;
+    if (!Number.isInteger(count) || count < 1 || count > 100_000) throw new TypeError(`bad count ${count}`);
+    if (!Number.isFinite(intervalMs) || intervalMs < 1 || intervalMs > 1000) {
+      throw new TypeError(`bad intervalMs ${intervalMs}`);
+    }
+    await this.waitForConnected(options.connectTimeoutMs ?? 10_000);
+    const startedAt = performance.now();
+    for (let i = 0; i < count; i++) {
+      await this.sendRtp(payload, { payloadType: options.payloadType, marker: i === 0 });
+      if (i + 1 < count) await this.#sleep(startedAt + (i + 1) * intervalMs - performance.now());
+    }
+  }
+
+  /** Resolves once at least `count` packets reached the receiver's track. */
+  waitForRtp(count: number, timeoutMs: number): Promise<void> {
+    return this.#wait(
+      timeoutMs,
+      () =>
+        `received ${this.#rtpReceived} of ${count} RTP packets within ${timeoutMs} ms ` +
+        `(${this.#rtpAtTransport} decrypted at the transport; ${describeStates(this.connectionStates)})`,
+      (resolve) => {
+        const check = (): void => {
+          if (this.#rtpReceived >= count) resolve();
+        };
+        this.#rtpWaiters.add(check);
+        check();
+        return () => this.#rtpWaiters.delete(check);
+      },
+    );
+  }
+
+  /** Resolves when ICE and DTLS are up; rejects at once on `failed`/`closed`. */
+  async waitForConnected(timeoutMs: number): Promise<void> {
+    await this.#waitForStates(timeoutMs, 'connected', (s) => {
+      if (s.connectionState === 'connected') return true;
+      if (s.connectionState === 'failed' || s.connectionState === 'closed') {
+        throw new Error(`PeerConnection ${s.connectionState} before connecting (${describeStates(s)})`);
+      }
+      return false;
+    });
+  }
+
+  /** Resolves when the connection or ICE state is `disconnected`, `failed` or `closed`. */
+  waitForConnectionLost(timeoutMs: number): Promise<ConnectionStates> {
+    const lost = new Set<string>(['disconnected', 'failed', 'closed']);
+    return this.#waitForStates(
+      timeoutMs,
+      'disconnected, failed or closed',
+      (s) => lost.has(s.connectionState) || lost.has(s.iceConnectionState),
+    );
+  }
+
+  /**
+   * SIP.js calls this when the session ends (and may call it more than once). Unless
+   * `keepPeerConnectionOnClose` is set, it closes the PeerConnection too.
+   */
+  close(): void {
+    if (!this.#sipClosed) {
+      this.#sipClosed = true;
+      this.#rejectPending(new InvalidStateError('session description handler closed'));
+    }
+    // The interface is synchronous: failures are reported by forceClose() and closed().
+    if (!this.#keepPeerConnectionOnClose) void this.#closePeerConnection();
+  }
+
+  /** Closes everything, whatever the options; idempotent; resolves after `pc.close()` finished. */
+  async forceClose(): Promise<void> {
+    if (!this.#sipClosed) this.close();
+    const error = await this.#closePeerConnection();
+    if (error) throw error;
+  }
+
+  /**
+   * Resolves once the PeerConnection has been closed (by close() or forceClose()) and pc.close()
+   * has settled; never rejects (forceClose() reports close errors). Bound it yourself.
+   */
+  whenClosed(): Promise<void> {
+    return this.#closed;
+  }
+
+  #closePeerConnection(): Promise<Error | undefined> {
+    this.#teardown ??= this.#runTeardown();
+    return this.#teardown;
+  }
+
+  async #runTeardown(): Promise<Error | undefined> {
+    this.#rejectPending(new InvalidStateError('PeerConnection closed'));
+    for (const timer of this.#timers) clearTimeout(timer);
+    this.#timers.clear();
+    for (const dispose of this.#disposers.splice(0)) dispose();
+    this.#rtpWaiters.clear();
+    this.#localTrack.stop();
+    try {
+      await this.peerConnection.close();
+      return undefined;
+    } catch (error) {
+      return toError(error);
+    } finally {
+      live.delete(this);
+      this.#resolveClosed();
+    }
+  }
+
+  #rejectPending(error: Error): void {
+    const rejecters = [...this.#pending];
+    this.#pending.clear();
+    for (const reject of rejecters) reject(error);
+  }
+
+  #assertPeerConnectionOpen(what: string): void {
+    if (this.isPeerConnectionClosed) throw new InvalidStateError(`${what} after the PeerConnection was closed`);
+  }
+
+  /** An offer/answer step: bounded, and rejected if the handler closes meanwhile (werift can hang when closed mid-way). */
+  #operation<T>(what: string, run: () => Promise<T>): Promise<T> {
+    if (this.#sipClosed) return Promise.reject(new InvalidStateError(`${what} after close`));
+    return this.#wait(
+      this.#operationTimeoutMs,
+      () => `${what} did not finish within ${this.#operationTimeoutMs} ms (${describeStates(this.connectionStates)})`,
+      (resolve, reject) => {
+        run().then(resolve, (error: unknown) => reject(toError(error)));
+      },
+    );
+  }
+
+  #wait<T>(
+    timeoutMs: number,
+    timeoutMessage: () => string,
+    start: (resolve: (value: T) => void, reject: (error: Error) => void) => (() => void) | void,
+  ): Promise<T> {
+    if (this.isPeerConnectionClosed) return Promise.reject(new InvalidStateError('PeerConnection closed'));
+    return waitWithDeadline<T>(timeoutMs, timeoutMessage, (resolve, reject) => {
+      this.#pending.add(reject);
+      const cleanup = start(resolve, reject);
+      return () => {
+        this.#pending.delete(reject);
+        cleanup?.();
+      };
+    });
+  }
+
+  #waitForStates(
+    timeoutMs: number,
+    wanted: string,
+    accept: (states: ConnectionStates) => boolean,
+  ): Promise<ConnectionStates> {
+    return this.#wait(
+      timeoutMs,
+      () => `PeerConnection not ${wanted} within ${timeoutMs} ms (${describeStates(this.connectionStates)})`,
+      (resolve, reject) => {
+        const check = (): void => {
+          try {
+            const states = this.connectionStates;
+            if (accept(states)) resolve(states);
+          } catch (error) {
+            reject(toError(error));
+          }
+        };
+        this.#stateWaiters.add(check);
+        check();
+        return () => this.#stateWaiters.delete(check);
+      },
+    );
+  }
+
+  #sleep(ms: number): Promise<void> {
+    if (this.isPeerConnectionClosed) return Promise.reject(new InvalidStateError('PeerConnection closed'));
+    return new Promise<void>((resolve, reject) => {
+      const onClose = (error: Error): void => {
+        clearTimeout(timer);
+        this.#timers.delete(timer);
+        reject(error);
+      };
+      const timer = setTimeout(() => {
+        this.#timers.delete(timer);
+        this.#pending.delete(onClose);
+        resolve();
+      }, Math.max(0, ms));
+      this.#timers.add(timer);
+      this.#pending.add(onClose);
+    });
+  }
+
+  #sendEvent(payloadType: number, timestamp: number, event: number, duration: number, end: boolean, marker: boolean) {
+    const payload = Buffer.alloc(4);
+    payload.writeUInt8(event, 0);
+    payload.writeUInt8((end ? 0x80 : 0) | 10, 1); // volume -10 dBm0
+    payload.writeUInt16BE(duration, 2);
+    this.#timestamp = timestamp;
+    return this.sendRtp(payload, { payloadType, marker, timestampAdvance: 0 });
+  }
+
+  /** Counts RTP on every receiving track and transport not yet watched (new ones appear per negotiation). */
+  #subscribeRtp(): void {
+    const dtls = this.transceiver.dtlsTransport;
+    if (!this.#subscribedTransports.has(dtls)) {
+      this.#subscribedTransports.add(dtls);
+      this.#disposers.push(dtls.onRtp.subscribe(() => void this.#rtpAtTransport++).unSubscribe);
+    }
+    for (const track of this.transceiver.receiver.tracks) {
+      if (this.#subscribedTracks.has(track)) continue;
+      this.#subscribedTracks.add(track);
+      const { unSubscribe } = track.onReceiveRtp.subscribe((packet) => {
+        this.#rtpReceived++;
+        const pt = packet.header.payloadType;
+        this.#receivedByPayloadType.set(pt, (this.#receivedByPayloadType.get(pt) ?? 0) + 1);
+        this.#rtpWaiters.forEach((check) => check());
+      });
+      this.#disposers.push(unSubscribe);
+    }
+  }
+}
+
+/**
+ * A `sessionDescriptionHandlerFactory` for SIP.js `UserAgent` options. Options come from, in
+ * increasing precedence: `defaults`, the UA's `sessionDescriptionHandlerFactoryOptions`, and
+ * `perSession(session)`. `onCreated` sees every handler made (SIP.js also makes them for early media).
+ */
+export function createWeriftSdhFactory(
+  defaults: WeriftSdhOptions = {},
+  hooks: {
+    perSession?: (session: Session) => WeriftSdhOptions | undefined;
+    onCreated?: (sdh: WeriftSessionDescriptionHandler, session: Session) => void;
+  } = {},
+): SessionDescriptionHandlerFactory {
+  return (session: Session, options?: object) => {
+    const sdh = new WeriftSessionDescriptionHandler({
+      ...defaults,
+      ...parseSdhOptions(options),
+      ...hooks.perSession?.(session),
+    });
+    hooks.onCreated?.(sdh, session);
+    return sdh;
+  };
+}
+
+function parseSdhOptions(options: object | undefined): WeriftSdhOptions {
+  if (options === undefined) return {};
+  const o = options as Record<string, unknown>;
+  const out: { -readonly [K in keyof WeriftSdhOptions]: WeriftSdhOptions[K] } = {};
+  if (o.codecs !== undefined) {
+    if (!Array.isArray(o.codecs)) throw new TypeError('sessionDescriptionHandlerFactoryOptions.codecs must be an array');
+    out.codecs = validateCodecs(o.codecs as AudioCodec[]);
+  }
+  if (o.keepPeerConnectionOnClose !== undefined) {
+    if (typeof o.keepPeerConnectionOnClose !== 'boolean') throw new TypeError('keepPeerConnectionOnClose must be boolean');
+    out.keepPeerConnectionOnClose = o.keepPeerConnectionOnClose;
+  }
+  if (o.hostAddress !== undefined) {
+    if (typeof o.hostAddress !== 'string') throw new TypeError('hostAddress must be a string');
+    out.hostAddress = o.hostAddress;
+  }
+  if (o.operationTimeoutMs !== undefined) {
+    if (typeof o.operationTimeoutMs !== 'number') throw new TypeError('operationTimeoutMs must be a number');
+    out.operationTimeoutMs = o.operationTimeoutMs;
+  }
+  return out;
+}
+
+function validateCodecs(codecs: readonly AudioCodec[]): readonly AudioCodec[] {
+  if (codecs.length === 0) throw new TypeError('at least one codec is needed');
+  const seen = new Set<number>();
+  for (const c of codecs) {
+    if (typeof c.mimeType !== 'string' || !/^audio\/[\w.-]+$/i.test(c.mimeType)) {
+      throw new TypeError(`bad codec mimeType ${String(c.mimeType)}`);
+    }
+    if (!Number.isInteger(c.payloadType) || c.payloadType < 0 || c.payloadType > 127 || seen.has(c.payloadType)) {
+      throw new TypeError(`bad or duplicate payload type ${c.payloadType} for ${c.mimeType}`);
+    }
+    if (!Number.isInteger(c.clockRate) || c.clockRate <= 0) throw new TypeError(`bad clock rate for ${c.mimeType}`);
+    seen.add(c.payloadType);
+  }
+  return codecs;
+}
+
+async function applyModifiers(
+  type: string,
+  sdp: string,
+  modifiers: SessionDescriptionHandlerModifier[] | undefined,
+): Promise<string> {
+  let description: { type: string; sdp: string } = { type, sdp };
+  for (const modify of modifiers ?? []) {
+    const result: unknown = await modify(description);
+    const modified = (result as { sdp?: unknown } | undefined)?.sdp;
+    if (typeof modified !== 'string') throw new TypeError('a description modifier returned no SDP');
+    description = { type, sdp: modified };
+  }
+  return description.sdp;
+}
+
+function isDtmf(tones: string): boolean {
+  return typeof tones === 'string' && /^[0-9*#A-D]+$/i.test(tones);
+}
+
+function describeStates(s: ConnectionStates): string {
+  return `connectionState ${s.connectionState}, iceConnectionState ${s.iceConnectionState}`;
+}

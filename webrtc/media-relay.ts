@@ -1,0 +1,117 @@
+import { randomInt } from 'node:crypto';
+import { RtpHeader, type RtpPacket } from 'werift';
+import { Disposer } from '../src/util/safe-emitter.js';
+import type { RtpEndpoint, RtpView } from './rtp-endpoint.js';
+import { serializeRtp } from './rtp-endpoint.js';
+import type { NegotiatedMedia } from './sdp.js';
+import type { WebRtcEndpoint } from './webrtc-endpoint.js';
+
+/**
+ * Gives one outgoing stream a stable SSRC and continuous sequence numbers and timestamps even
+ * when its source changes SSRC (a re-INVITE, a PBX switching media, werift #677/#679).
+ */
+export class StreamRewriter {
+  readonly ssrc = randomInt(1, 2 ** 32 - 1);
+  #inSsrc: number | undefined;
+  #seqOffset = 0;
+  #tsOffset = 0;
+  #lastSeq = randomInt(0, 0x7fff);
+  #lastTs = randomInt(0, 2 ** 31);
+  #lastAt = 0;
+  #started = false;
+
+  constructor(private readonly clockRate: number) {}
+
+  rewrite(ssrc: number, seq: number, ts: number): { seq: number; ts: number } {
+    const now = Date.now();
+    if (ssrc !== this.#inSsrc) {
+      // New source: continue just after what we last sent, advancing the clock by the time that passed.
+      const elapsed = this.#started ? Math.max(1, Math.round(((now - this.#lastAt) * this.clockRate) / 1000)) : 0;
+      this.#seqOffset = (this.#lastSeq + (this.#started ? 1 : 0) - seq) & 0xffff;
+      this.#tsOffset = (this.#lastTs + elapsed - ts) >>> 0;
+      this.#inSsrc = ssrc;
+      this.#started = true;
+    }
+    const outSeq = (seq + this.#seqOffset) & 0xffff;
+    const outTs = (ts + this.#tsOffset) >>> 0;
+    // Only a newer packet moves the reference (reordered ones keep their place).
+    if (((outSeq - this.#lastSeq) & 0xffff) < 0x8000) {
+      this.#lastSeq = outSeq;
+      this.#lastTs = outTs;
+      this.#lastAt = now;
+    }
+    return { seq: outSeq, ts: outTs };
+  }
+}
+
+export interface RelayStats {
+  /** Browser to SIP. */
+  toSip: { packets: number; dropped: number };
+  /** SIP to browser. */
+  toBrowser: { packets: number; dropped: number };
+}
+
+/**
+ * Relays one call's audio: SRTP from the browser leg to plain RTP on the SIP leg and back,
+ * mapping payload types per call and rewriting SSRC/sequence/timestamp per direction.
+ */
+export class MediaRelay {
+  readonly stats: RelayStats = { toSip: { packets: 0, dropped: 0 }, toBrowser: { packets: 0, dropped: 0 } };
+  #disposer = new Disposer();
+  #toSip: StreamRewriter;
+  #toBrowser: StreamRewriter;
+
+  constructor(
+    private readonly webrtc: WebRtcEndpoint,
+    private readonly rtp: RtpEndpoint,
+    private readonly media: NegotiatedMedia,
+  ) {
+    this.#toSip = new StreamRewriter(media.codec.rate);
+    this.#toBrowser = new StreamRewriter(media.codec.rate);
+    rtp.setRemote(media.sip.address, media.sip.port);
+    this.#disposer.on(webrtc, 'rtp', (p: RtpPacket) => this.#fromBrowser(p));
+    this.#disposer.on(rtp, 'rtp', (v: RtpView) => this.#fromSip(v));
+  }
+
+  #fromBrowser(p: RtpPacket): void {
+    const h = p.header;
+    const m = this.media;
+    let pt: number;
+    if (h.payloadType === m.browserPt) pt = m.sipPt;
+    else if (m.dtmf && h.payloadType === m.dtmf.browserPt) pt = m.dtmf.sipPt;
+    else {
+      this.stats.toSip.dropped++; // CN, RED, anything not negotiated with the SIP side
+      return;
+    }
+    const { seq, ts } = this.#toSip.rewrite(h.ssrc, h.sequenceNumber, h.timestamp);
+    this.stats.toSip.packets++;
+    this.rtp.send(serializeRtp({ payloadType: pt, marker: h.marker, sequenceNumber: seq, timestamp: ts, ssrc: this.#toSip.ssrc }, p.payload));
+  }
+
+  #fromSip(v: RtpView): void {
+    const m = this.media;
+    const isAudio = v.payloadType === m.sipPt;
+    const isDtmf = !isAudio && m.dtmf !== undefined && v.payloadType === m.dtmf.sipPt;
+    if (!isAudio && !isDtmf) {
+      this.stats.toBrowser.dropped++;
+      return;
+    }
+    const { seq, ts } = this.#toBrowser.rewrite(v.ssrc, v.sequenceNumber, v.timestamp);
+    const header = new RtpHeader({
+      payloadType: isAudio ? m.browserPt : m.dtmf!.browserPt,
+      marker: v.marker,
+      sequenceNumber: seq,
+      timestamp: ts,
+      ssrc: this.#toBrowser.ssrc,
+    });
+    this.stats.toBrowser.packets++;
+    // The payload is a view into the socket's buffer: copy, werift may hold it past this tick.
+    const payload = Buffer.from(v.payload);
+    if (isAudio) this.webrtc.sendAudio(header, payload);
+    else this.webrtc.sendDtmf(header, payload);
+  }
+
+  stop(): void {
+    this.#disposer.dispose();
+  }
+}

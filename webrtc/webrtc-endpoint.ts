@@ -1,0 +1,190 @@
+import type { Logger } from 'pino';
+import { RTCPeerConnection, RTCRtpCodecParameters, RtpHeader, type RtpPacket, type RTCRtpTransceiver } from 'werift';
+import { Disposer, SafeEmitter } from '../src/util/safe-emitter.js';
+import { GatewayError, InvalidStateError } from '../src/util/errors.js';
+import type { Codec } from './sdp.js';
+
+export interface WebRtcEndpointOptions {
+  offer: string;
+  codec: Codec;
+  /** telephone-event payload type in the browser's numbering, when negotiated. */
+  dtmfPt?: number;
+  /** The single UDP port werift binds (reserved by our allocator). */
+  port: number;
+  bindAddress: string;
+  announceAddress: string;
+  /** Bound on ICE gathering + answer creation. */
+  setupTimeoutMs?: number;
+  log: Logger;
+}
+
+export type WebRtcEndpointEvents = {
+  rtp: [packet: RtpPacket];
+  connected: [];
+  /** ICE or DTLS failed, or the PeerConnection closed under us. */
+  failed: [reason: string];
+};
+
+/** Counts every PeerConnection opened and closed, process-wide, so tests can prove none leak. */
+export const peerConnectionCounter = { opened: 0, closed: 0, get open() { return this.opened - this.closed; } };
+
+function codecParameters(c: Codec): RTCRtpCodecParameters {
+  const mime = c.name === 'telephone-event' ? 'telephone-event' : c.name === 'g722' ? 'G722' : c.name === 'opus' ? 'opus' : c.name.toUpperCase();
+  return new RTCRtpCodecParameters({
+    mimeType: `audio/${mime}`,
+    clockRate: c.rate,
+    payloadType: c.pt,
+    ...(c.channels > 1 ? { channels: c.channels } : {}),
+    ...(c.fmtp ? { parameters: c.fmtp } : {}),
+    rtcpFeedback: [],
+  });
+}
+
+/**
+ * The browser leg: one werift PeerConnection, ICE-lite (the browser runs full ICE), DTLS-SRTP,
+ * one audio transceiver answering the browser's offer with exactly the codec the SIP side chose.
+ */
+export class WebRtcEndpoint extends SafeEmitter<WebRtcEndpointEvents> {
+  readonly answer: string;
+  #pc: RTCPeerConnection;
+  #transceiver: RTCRtpTransceiver;
+  #disposer: Disposer;
+  #closing: Promise<void> | undefined;
+  #log: Logger;
+  #dtmfPt: number | undefined;
+  packetsIn = 0;
+  packetsOut = 0;
+
+  private constructor(pc: RTCPeerConnection, transceiver: RTCRtpTransceiver, answer: string, disposer: Disposer, opts: WebRtcEndpointOptions) {
+    super(opts.log);
+    this.#pc = pc;
+    this.#transceiver = transceiver;
+    this.answer = answer;
+    this.#disposer = disposer;
+    this.#log = opts.log;
+    this.#dtmfPt = opts.dtmfPt;
+  }
+
+  /** Creates the PeerConnection and its answer; on any failure the PeerConnection is closed before this rejects. */
+  static async create(opts: WebRtcEndpointOptions): Promise<WebRtcEndpoint> {
+    const codecs = [codecParameters(opts.codec)];
+    if (opts.dtmfPt !== undefined) codecs.push(codecParameters({ pt: opts.dtmfPt, name: 'telephone-event', rate: 8000, channels: 1, fmtp: '0-16' }));
+    const pc = new RTCPeerConnection({
+      iceLite: true,
+      iceServers: [],
+      iceUseIpv4: false,
+      iceUseIpv6: false,
+      iceAdditionalHostAddresses: [opts.announceAddress],
+      iceInterfaceAddresses: { udp4: opts.bindAddress },
+      icePortRange: [opts.port, opts.port],
+      codecs: { audio: codecs, video: [] },
+      headerExtensions: { audio: [], video: [] },
+    });
+    peerConnectionCounter.opened++;
+    const disposer = new Disposer();
+    let endpoint: WebRtcEndpoint | undefined;
+    const timeoutMs = opts.setupTimeoutMs ?? 10_000;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const setup = (async () => {
+        await pc.setRemoteDescription({ type: 'offer', sdp: opts.offer });
+        const transceiver = pc.getTransceivers().find((t) => t.kind === 'audio');
+        if (!transceiver) throw new GatewayError('GW_SDP_NOT_ACCEPTABLE', 'no audio transceiver after applying the offer');
+        // Answers built from a remote offer are recvonly unless told otherwise (see NOTES).
+        transceiver.setDirection('sendrecv');
+        await pc.setLocalDescription(await pc.createAnswer());
+        if (pc.iceGatheringState !== 'complete') await pc.iceGatheringStateChange.watch((s) => s === 'complete', timeoutMs);
+        const sdp = pc.localDescription?.sdp;
+        if (!sdp || !/a=candidate:/.test(sdp)) throw new GatewayError('GW_ICE_FAILED', `no ICE candidate on port ${opts.port}`);
+        return { transceiver, sdp };
+      })();
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new GatewayError('GW_WEBRTC_TIMEOUT', `WebRTC setup took over ${timeoutMs} ms`)), timeoutMs);
+      });
+      const { transceiver, sdp } = await Promise.race([setup, timeout]);
+      endpoint = new WebRtcEndpoint(pc, transceiver, sdp, disposer, opts);
+      endpoint.#wire();
+      return endpoint;
+    } catch (err) {
+      disposer.dispose();
+      await closePc(pc, opts.log);
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  #wire(): void {
+    const pc = this.#pc;
+    const sub = this.#transceiver.receiver.track.onReceiveRtp.subscribe((packet) => {
+      this.packetsIn++;
+      this.safeEmit('rtp', packet);
+    });
+    this.#disposer.add(() => sub.unSubscribe());
+    const state = pc.connectionStateChange.subscribe((s) => {
+      this.#log.debug({ connectionState: s }, 'PeerConnection state');
+      if (s === 'connected') this.safeEmit('connected');
+      else if (s === 'failed' || s === 'closed') {
+        if (!this.#closing) this.safeEmit('failed', `PeerConnection ${s}`);
+      }
+    });
+    this.#disposer.add(() => state.unSubscribe());
+  }
+
+  get connectionState(): string {
+    return this.#pc.connectionState;
+  }
+
+  get closed(): boolean {
+    return this.#closing !== undefined;
+  }
+
+  /** Sends an audio packet (werift sets SSRC and the negotiated payload type). */
+  sendAudio(header: RtpHeader, payload: Buffer): void {
+    if (this.#closing) return;
+    const sender = this.#transceiver.sender;
+    if (sender.dtlsTransport.state !== 'connected') return;
+    this.packetsOut++;
+    sender.sendRtp({ header, payload } as RtpPacket).catch((err: unknown) => this.#log.debug({ err }, 'sendRtp failed'));
+  }
+
+  /**
+   * Sends telephone-event (RFC 4733) in the audio stream's SSRC: werift's sendRtp would relabel it
+   * with the audio payload type, so it goes straight to the DTLS transport.
+   */
+  sendDtmf(header: RtpHeader, payload: Buffer): void {
+    if (this.#closing || this.#dtmfPt === undefined) return;
+    const sender = this.#transceiver.sender;
+    if (sender.dtlsTransport.state !== 'connected') return;
+    header.ssrc = sender.ssrc;
+    header.payloadType = this.#dtmfPt;
+    this.packetsOut++;
+    sender.dtlsTransport.sendRtp(payload, header).catch((err: unknown) => this.#log.debug({ err }, 'DTMF send failed'));
+  }
+
+  /** Closes the PeerConnection: idempotent, concurrent callers share one promise. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      this.#disposer.dispose((err) => this.#log.warn({ err }, 'dispose failed'));
+      await closePc(this.#pc, this.#log);
+      this.removeAllListeners();
+    })();
+    return this.#closing;
+  }
+
+  assertOpen(): void {
+    if (this.#closing) throw new InvalidStateError('WebRTC endpoint closed');
+  }
+}
+
+async function closePc(pc: RTCPeerConnection, log: Logger): Promise<void> {
+  try {
+    await pc.close();
+  } catch (err) {
+    log.warn({ err }, 'PeerConnection close failed');
+  } finally {
+    peerConnectionCounter.closed++;
+  }
+}
+
+export { RtpHeader };
