@@ -1,0 +1,257 @@
+import type { Logger } from 'pino';
+import type { InboundCall, LegEnd, OutboundCall, SipBackend } from '../sip/backend.js';
+import { MediaRelay } from '../webrtc/media-relay.js';
+import type { PortAllocator, PortLease } from '../webrtc/port-allocator.js';
+import { RtpEndpoint } from '../webrtc/rtp-endpoint.js';
+import { SdpError, buildPlainOffer, negotiateSipAnswer, parseWebRtcOffer, sipOfferCodecs, type NegotiatedMedia, type PlainRtpCodec } from '../webrtc/sdp.js';
+import { WebRtcEndpoint } from '../webrtc/webrtc-endpoint.js';
+import { GatewayError, errorMessage } from './util/errors.js';
+import { Disposer, SafeEmitter } from './util/safe-emitter.js';
+
+export type CallState = 'setup' | 'ringing' | 'answered' | 'ended';
+
+export interface CallEndReason {
+  /** Which side or component ended it. */
+  by: 'browser' | 'sip' | 'gateway';
+  cause: string;
+  status?: number;
+}
+
+export interface CallDeps {
+  sip: SipBackend;
+  rtpPorts: PortAllocator;
+  webrtcPorts: PortAllocator;
+  trunk: { host: string; port: number; transport: 'udp' | 'tcp' };
+  media: { announceAddress: string; bindAddress: string; codecs: readonly PlainRtpCodec[]; webrtcSetupTimeoutMs: number };
+  log: Logger;
+}
+
+export interface CallSummary {
+  id: string;
+  state: CallState;
+  startedAt: number;
+  answeredAt?: number;
+  endedAt?: number;
+  endReason?: CallEndReason;
+  codec?: string;
+  inboundCallId: string;
+  outboundCallId?: string;
+  packets?: { toSip: number; toBrowser: number; droppedToSip: number; droppedToBrowser: number };
+  peerConnection?: string;
+}
+
+let nextCallNumber = 1;
+
+/**
+ * One bridged call: the browser's SIP leg and WebRTC PeerConnection, the SIP peer's leg and RTP
+ * ports, and the relay between them. The Call owns all of them; any terminal event of any part
+ * ends the whole call exactly once, whatever media was negotiated.
+ */
+export class Call extends SafeEmitter<{ '@close': [] }> {
+  readonly id: string;
+  log: Logger;
+  readonly startedAt = Date.now();
+  #answeredAt: number | undefined;
+  #endedAt: number | undefined;
+  #state: CallState = 'setup';
+  #endReason: CallEndReason | undefined;
+  #deps: CallDeps;
+  #inbound: InboundCall;
+  #outbound: OutboundCall | undefined;
+  #media: NegotiatedMedia | undefined;
+  #relay: MediaRelay | undefined;
+  #rtp: RtpEndpoint | undefined;
+  #webrtc: WebRtcEndpoint | undefined;
+  /** Closers of everything the call acquired, run in reverse on teardown. */
+  #resources: Array<() => Promise<void> | void> = [];
+  #disposer = new Disposer();
+  #closing: Promise<void> | undefined;
+
+  constructor(inbound: InboundCall, deps: CallDeps) {
+    super(deps.log);
+    this.id = `c${nextCallNumber++}-${inbound.callId.slice(0, 8)}`;
+    this.#deps = deps;
+    this.#inbound = inbound;
+    this.log = deps.log.child({ call: this.id, inCallId: inbound.callId });
+    this.#disposer.on(inbound, 'ended', (end: LegEnd) => this.#legEnded('browser', end));
+  }
+
+  get state(): CallState {
+    return this.#state;
+  }
+
+  get closed(): boolean {
+    return this.#closing !== undefined;
+  }
+
+  /** Drives setup to completion or to teardown; never rejects. */
+  async run(): Promise<void> {
+    try {
+      await this.#setup();
+    } catch (err) {
+      const status = err instanceof SdpError ? err.status : err instanceof GatewayError && err.code === 'GW_PORTS_EXHAUSTED' ? 503 : 500;
+      this.log.warn({ err: errorMessage(err), code: (err as GatewayError).code }, 'call setup failed');
+      void this.#teardown({ by: 'gateway', cause: (err as GatewayError).code ?? 'error', status });
+    }
+  }
+
+  async #setup(): Promise<void> {
+    const d = this.#deps;
+    const offer = parseWebRtcOffer(this.#inbound.offer);
+    const codecs = sipOfferCodecs(offer, d.media.codecs);
+    if (codecs.length === 0) throw new SdpError('no codec in the offer that a plain RTP peer can take', 488);
+
+    const lease = await d.rtpPorts.allocate({ callId: this.id, leg: 'sip' }, ['rtp', 'rtcp'], { bind: true, evenStart: true });
+    if (!this.#own(() => lease.release())) return;
+    const rtp = new RtpEndpoint(lease, this.log);
+    this.#rtp = rtp;
+
+    const outbound = d.sip.createCall({
+      target: d.trunk,
+      toUser: this.#inbound.toUser,
+      fromUser: this.#inbound.fromUser || 'anonymous',
+      offer: buildPlainOffer({ address: d.media.announceAddress, port: rtp.port, codecs }),
+    });
+    this.#outbound = outbound;
+    this.log = this.log.child({ outCallId: outbound.callId });
+    this.#disposer.on(outbound, 'ended', (end: LegEnd) => this.#legEnded('sip', end));
+    this.#disposer.on(outbound, 'progress', (status: number) => {
+      if (status === 180 || status === 183) {
+        this.#state = 'ringing';
+        this.#inbound.progress(180);
+      }
+    });
+    this.#disposer.on(outbound, 'answered', (sdp: string) => {
+      void this.#onAnswered(sdp, codecs).catch((err: unknown) => {
+        this.log.warn({ err: errorMessage(err) }, 'bridging the answer failed');
+        void this.#teardown({ by: 'gateway', cause: (err as GatewayError).code ?? 'answer-failed', status: err instanceof SdpError ? 488 : 500 });
+      });
+    });
+    this.log.debug({ to: this.#inbound.toUser, trunk: `${d.trunk.host}:${d.trunk.port}` }, 'INVITE sent to SIP peer');
+  }
+
+  async #onAnswered(sdp: string, offered: Parameters<typeof negotiateSipAnswer>[1]): Promise<void> {
+    const d = this.#deps;
+    const media = negotiateSipAnswer(sdp, offered);
+    this.#media = media;
+    const lease: PortLease = await d.webrtcPorts.allocate({ callId: this.id, leg: 'browser' }, ['webrtc'], { bind: false });
+    if (!this.#own(() => lease.release())) return;
+    const webrtc = await WebRtcEndpoint.create({
+      offer: this.#inbound.offer,
+      codec: media.codec,
+      ...(media.dtmf ? { dtmfPt: media.dtmf.browserPt } : {}),
+      port: lease.ports[0]!,
+      bindAddress: d.media.bindAddress,
+      announceAddress: d.media.announceAddress,
+      setupTimeoutMs: d.media.webrtcSetupTimeoutMs,
+      log: this.log,
+    });
+    // Registered before the state check: a call that ended meanwhile closes it right here.
+    if (!this.#own(() => webrtc.close())) return;
+    this.#webrtc = webrtc;
+    this.#disposer.on(webrtc, 'failed', (reason: string) => void this.#teardown({ by: 'browser', cause: 'webrtc-failed', status: 500 }, reason));
+    this.#relay = new MediaRelay(webrtc, this.#rtp!, media);
+    this.#inbound.accept(webrtc.answer);
+    this.#state = 'answered';
+    this.#answeredAt = Date.now();
+    this.log.info({ codec: media.codec.name, sip: `${media.sip.address}:${media.sip.port}`, setupMs: this.#answeredAt - this.startedAt }, 'call answered');
+  }
+
+  /** Adds a closer to the call; if the call already ended, runs it now and returns false. */
+  #own(close: () => Promise<void> | void): boolean {
+    if (this.#closing) {
+      void Promise.resolve()
+        .then(close)
+        .catch((err: unknown) => this.log.warn({ err }, 'late release failed'));
+      return false;
+    }
+    this.#resources.push(close);
+    return true;
+  }
+
+  #legEnded(side: 'browser' | 'sip', end: LegEnd): void {
+    this.log.debug({ side, ...end }, 'leg ended');
+    void this.#teardown({ by: side, cause: end.cause, ...(end.status ? { status: end.status } : {}) });
+  }
+
+  /** Hangs the call up from the gateway side (admin, shutdown). */
+  hangup(cause = 'hangup'): Promise<void> {
+    return this.#teardown({ by: 'gateway', cause });
+  }
+
+  /**
+   * The only way a call ends. State first, then I/O: both legs get their SIP ending (each leg's
+   * terminate() is idempotent and picks CANCEL, BYE or a final response by its own state), then
+   * the PeerConnection and every port are released — regardless of which media was negotiated.
+   */
+  #teardown(reason: CallEndReason, detail?: string): Promise<void> {
+    if (this.#closing) return this.#closing;
+    this.#endReason = reason;
+    this.#state = 'ended';
+    this.#endedAt = Date.now();
+    this.#closing = (async () => {
+      this.#disposer.dispose((err) => this.log.warn({ err }, 'dispose failed'));
+      this.#relay?.stop();
+      const status = inboundStatus(reason);
+      try {
+        this.#inbound.terminate({ status, reason: detail });
+      } catch (err) {
+        this.log.warn({ err }, 'ending the browser leg failed');
+      }
+      try {
+        this.#outbound?.terminate({ reasonHeader: reason.by === 'browser' ? undefined : `SIP;cause=${reason.status ?? 200};text="${reason.cause}"` });
+      } catch (err) {
+        this.log.warn({ err }, 'ending the SIP leg failed');
+      }
+      const closers = this.#resources.reverse();
+      this.#resources = [];
+      const results = await Promise.allSettled(closers.map(async (c) => c()));
+      for (const r of results) if (r.status === 'rejected') this.log.warn({ err: r.reason }, 'release failed');
+      this.log.info(this.summaryLogFields(detail), 'call ended');
+      this.safeEmit('@close');
+    })();
+    return this.#closing;
+  }
+
+  private summaryLogFields(detail?: string): Record<string, unknown> {
+    const s = this.summary();
+    return {
+      endReason: s.endReason,
+      ...(detail ? { detail } : {}),
+      durationMs: (s.endedAt ?? Date.now()) - (s.answeredAt ?? s.endedAt ?? Date.now()),
+      codec: s.codec,
+      packets: s.packets,
+    };
+  }
+
+  summary(): CallSummary {
+    const st = this.#relay?.stats;
+    return {
+      id: this.id,
+      state: this.#state,
+      startedAt: this.startedAt,
+      ...(this.#answeredAt ? { answeredAt: this.#answeredAt } : {}),
+      ...(this.#endedAt ? { endedAt: this.#endedAt } : {}),
+      ...(this.#endReason ? { endReason: this.#endReason } : {}),
+      ...(this.#media ? { codec: this.#media.codec.name } : {}),
+      inboundCallId: this.#inbound.callId,
+      ...(this.#outbound ? { outboundCallId: this.#outbound.callId } : {}),
+      ...(this.#webrtc ? { peerConnection: this.#webrtc.connectionState } : {}),
+      ...(st ? { packets: { toSip: st.toSip.packets, toBrowser: st.toBrowser.packets, droppedToSip: st.toSip.dropped, droppedToBrowser: st.toBrowser.dropped } } : {}),
+    };
+  }
+}
+
+/** The final response an unanswered browser leg gets for a given ending. */
+function inboundStatus(reason: CallEndReason): number {
+  if (reason.by === 'sip') {
+    const s = reason.status;
+    if (reason.cause === 'timeout') return 408;
+    if (reason.cause === 'transport') return 503;
+    if (!s || s < 300) return 480;
+    if (s === 401 || s === 407) return 403; // the trunk's credentials are ours to give, not the browser's
+    if (s < 400) return 480; // redirects are not followed yet
+    return s;
+  }
+  return reason.status && reason.status >= 300 ? reason.status : 480;
+}

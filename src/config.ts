@@ -1,0 +1,94 @@
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { z } from 'zod';
+import { GatewayError } from './util/errors.js';
+
+const host = z.string().min(1).refine((s) => !/\s/.test(s), 'must be a host name or IP address');
+const port = z.number().int().min(0).max(65535);
+const range = z
+  .tuple([z.number().int().min(1).max(65535), z.number().int().min(1).max(65535)])
+  .refine(([a, b]) => a <= b, 'first port must not be above the second');
+
+export const configSchema = z.strictObject({
+  sip: z.strictObject({
+    listen: z
+      .array(z.strictObject({ transport: z.enum(['udp', 'tcp']), host, port }))
+      .min(1)
+      .refine((l) => new Set(l.map((x) => x.transport)).size === l.length, 'one listener per transport'),
+    timers: z
+      .strictObject({ t1: z.number().int().min(10).max(10_000), t2: z.number().int().min(10).max(60_000), t4: z.number().int().min(10).max(60_000) })
+      .default({ t1: 500, t2: 4000, t4: 5000 }),
+    userAgent: z.string().max(200).optional(),
+  }),
+  http: z.strictObject({ host, port }),
+  media: z.strictObject({
+    announceAddress: host,
+    bindAddress: host.optional(),
+    rtpPorts: range.refine(([a, b]) => b - a >= 1, 'needs at least two ports (RTP and RTCP)'),
+    webrtcPorts: range,
+    codecs: z.array(z.enum(['pcmu', 'pcma', 'g722', 'opus'])).min(1).default(['pcmu', 'pcma', 'g722', 'opus']),
+    webrtcSetupTimeoutMs: z.number().int().min(100).max(60_000).default(10_000),
+  }),
+  calls: z.strictObject({ maxConcurrent: z.number().int().min(1).max(100_000) }).default({ maxConcurrent: 500 }),
+  trunks: z
+    .array(z.strictObject({ name: z.string().min(1), host, port: z.number().int().min(1).max(65535), transport: z.enum(['udp', 'tcp']) }))
+    .min(1),
+  log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']) }).default({ level: 'info' }),
+});
+
+export type GatewayConfig = z.infer<typeof configSchema>;
+
+export class ConfigError extends GatewayError {
+  constructor(message: string) {
+    super('GW_CONFIG_INVALID', message);
+    this.name = 'ConfigError';
+  }
+}
+
+export const DEFAULT_CONFIG_PATH = fileURLToPath(new URL('../../config/default.json', import.meta.url));
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Objects merge key by key; arrays and scalars in `over` replace those in `base`. */
+export function deepMerge(base: unknown, over: unknown): unknown {
+  if (!isPlainObject(base) || !isPlainObject(over)) return over === undefined ? base : over;
+  const out: Record<string, unknown> = { ...base };
+  for (const [k, v] of Object.entries(over)) out[k] = deepMerge(base[k], v);
+  return out;
+}
+
+/** Validates a config object; the error names every bad key by its path. */
+export function parseConfig(raw: unknown): GatewayConfig {
+  const r = configSchema.safeParse(raw);
+  if (r.success) return r.data;
+  const lines = r.error.issues.map((i) => {
+    const keys = 'keys' in i && Array.isArray(i.keys) ? `.${i.keys.join(', .')}` : '';
+    const path = [...i.path.map(String)].join('.');
+    return `  ${path || '(root)'}${keys ? ` (${keys.replace(/^\./, '')})` : ''}: ${i.message}`;
+  });
+  throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
+}
+
+function readJson(path: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`cannot read config file ${path}: ${(err as Error).message}`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new ConfigError(`config file ${path} is not valid JSON: ${(err as Error).message}`);
+  }
+}
+
+/** config/default.json, with `overridePath` (from --config) merged over it. */
+export function loadConfig(overridePath?: string, overrides?: unknown): GatewayConfig {
+  let raw = readJson(DEFAULT_CONFIG_PATH);
+  if (overridePath) raw = deepMerge(raw, readJson(overridePath));
+  if (overrides !== undefined) raw = deepMerge(raw, overrides);
+  return parseConfig(raw);
+}
