@@ -148,8 +148,9 @@ export class PortAllocator {
   *#candidates(n: number, even: boolean): Generator<number> {
     let tried = 0;
     const span = this.total;
+    const origin = this.#cursor - this.min;
     for (let step = 0; step < span && tried < this.#maxAttempts; step++) {
-      const start = this.min + ((this.#cursor - this.min + step) % span);
+      const start = this.min + ((origin + step) % span);
       if (even && start % 2 !== 0) continue;
       if (start + n - 1 > this.max) continue;
       let taken = false;
