@@ -134,13 +134,14 @@ export class Call extends SafeEmitter<{ '@close': [] }> {
     const d = this.#deps;
     const media = negotiateSipAnswer(sdp, offered);
     this.#media = media;
-    const lease: PortLease = await d.webrtcPorts.allocate({ callId: this.id, leg: 'browser' }, ['webrtc'], { bind: false });
+    // werift refuses a one-port icePortRange, so each PeerConnection reserves two and binds the first free.
+    const lease: PortLease = await d.webrtcPorts.allocate({ callId: this.id, leg: 'browser' }, ['webrtc', 'webrtc'], { bind: false });
     if (!this.#own(() => lease.release())) return;
     const webrtc = await WebRtcEndpoint.create({
       offer: this.#inbound.offer,
       codec: media.codec,
       ...(media.dtmf ? { dtmfPt: media.dtmf.browserPt } : {}),
-      port: lease.ports[0]!,
+      portRange: [lease.ports[0]!, lease.ports[1]!],
       bindAddress: d.media.bindAddress,
       announceAddress: d.media.announceAddress,
       setupTimeoutMs: d.media.webrtcSetupTimeoutMs,

@@ -9,8 +9,8 @@ export interface WebRtcEndpointOptions {
   codec: Codec;
   /** telephone-event payload type in the browser's numbering, when negotiated. */
   dtmfPt?: number;
-  /** The single UDP port werift binds (reserved by our allocator). */
-  port: number;
+  /** Ports reserved by our allocator; werift binds the first free one (it refuses a range of one). */
+  portRange: [number, number];
   bindAddress: string;
   announceAddress: string;
   /** Bound on ICE gathering + answer creation. */
@@ -76,7 +76,7 @@ export class WebRtcEndpoint extends SafeEmitter<WebRtcEndpointEvents> {
       iceUseIpv6: false,
       iceAdditionalHostAddresses: [opts.announceAddress],
       iceInterfaceAddresses: { udp4: opts.bindAddress },
-      icePortRange: [opts.port, opts.port],
+      icePortRange: opts.portRange,
       codecs: { audio: codecs, video: [] },
       headerExtensions: { audio: [], video: [] },
     });
@@ -95,7 +95,7 @@ export class WebRtcEndpoint extends SafeEmitter<WebRtcEndpointEvents> {
         await pc.setLocalDescription(await pc.createAnswer());
         if (pc.iceGatheringState !== 'complete') await pc.iceGatheringStateChange.watch((s) => s === 'complete', timeoutMs);
         const sdp = pc.localDescription?.sdp;
-        if (!sdp || !/a=candidate:/.test(sdp)) throw new GatewayError('GW_ICE_FAILED', `no ICE candidate on port ${opts.port}`);
+        if (!sdp || !/a=candidate:/.test(sdp)) throw new GatewayError('GW_ICE_FAILED', `no ICE candidate in ports ${opts.portRange.join('-')}`);
         return { transceiver, sdp };
       })();
       const timeout = new Promise<never>((_, reject) => {

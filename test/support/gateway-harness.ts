@@ -1,0 +1,54 @@
+import { pino } from 'pino';
+import { loadConfig, type GatewayConfig } from '../../src/config.js';
+import { Gateway } from '../../src/gateway.js';
+
+export interface HarnessOptions {
+  trunkPort: number;
+  trunkTransport?: 'udp' | 'tcp';
+  /** SIP T1 in ms (Timer B = 64*T1). */
+  t1?: number;
+  rtpPorts?: [number, number];
+  codecs?: GatewayConfig['media']['codecs'];
+}
+
+/** A gateway on 127.0.0.1 with every listener on port 0, logging only when GW_TEST_LOG is set. */
+export async function startGateway(opts: HarnessOptions): Promise<Gateway> {
+  const config = loadConfig(undefined, {
+    sip: {
+      listen: [
+        { transport: 'udp', host: '127.0.0.1', port: 0 },
+        { transport: 'tcp', host: '127.0.0.1', port: 0 },
+      ],
+      timers: { t1: opts.t1 ?? 100, t2: 4000, t4: 500 },
+    },
+    http: { host: '127.0.0.1', port: 0 },
+    media: {
+      ...(opts.rtpPorts ? { rtpPorts: opts.rtpPorts } : {}),
+      ...(opts.codecs ? { codecs: opts.codecs } : {}),
+    },
+    trunks: [{ name: 'sipp', host: '127.0.0.1', port: opts.trunkPort, transport: opts.trunkTransport ?? 'udp' }],
+  });
+  const log = pino({ level: process.env.GW_TEST_LOG ?? 'silent' });
+  return Gateway.start(config, log);
+}
+
+export function wsUrl(gw: Gateway): string {
+  return `ws://127.0.0.1:${gw.httpAddress.port}/ws`;
+}
+
+/** Waits until `check` holds, polling; rejects with `what` after `timeoutMs`. */
+export async function waitFor(check: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** The invariant every test ends with: no call, no port, no PeerConnection left. */
+export async function assertClean(gw: Gateway, timeoutMs = 10_000): Promise<void> {
+  await waitFor(() => {
+    const s = gw.stats();
+    return s.calls === 0 && s.rtpPortsInUse === 0 && s.webrtcPortsInUse === 0 && s.peerConnections === 0;
+  }, `a clean gateway (now ${JSON.stringify(gw.stats())})`, timeoutMs);
+}
