@@ -54,7 +54,8 @@ export class InboundCallLeg extends SafeEmitter<LegEvents> implements InboundCal
   progress(status: number, reason?: string): void {
     if (this.#ended || this.#txn.hasFinalResponse) return;
     if (status <= 100 || status >= 200) throw new TypeError(`not a provisional status: ${status}`);
-    this.#ctx.respond(this.#txn, status, { reason, toTag: this.#localTag });
+    // A Contact makes the early dialog usable (SIP.js drops 1xx without one).
+    this.#ctx.respond(this.#txn, status, { reason, toTag: this.#localTag, headers: [`Contact: ${this.#ctx.contact(this.#flow)}`] });
     this.#state = 'early';
   }
 
@@ -120,7 +121,7 @@ export class InboundCallLeg extends SafeEmitter<LegEvents> implements InboundCal
       const { text, branch } = d.request('BYE', (b) => this.#ctx.via(d.flow, b), this.#ctx.contact(d.flow), {
         headers: reasonHeader ? [`Reason: ${reasonHeader}`] : [],
       });
-      this.#ctx.sendRequest(d.flow, 'BYE', branch, text);
+      this.#ctx.sendRequest(d.flow, 'BYE', branch, text).start();
     } catch (err) {
       this.#ctx.log.debug({ err, callId: this.callId }, 'BYE not sent');
     }

@@ -3,6 +3,7 @@ import { RTCPeerConnection, RTCRtpCodecParameters, RtpHeader, type RtpPacket, ty
 import { Disposer, SafeEmitter } from '../src/util/safe-emitter.js';
 import { GatewayError, InvalidStateError } from '../src/util/errors.js';
 import type { Codec } from './sdp.js';
+import { sendDtlsCloseNotify } from './dtls-close-notify.js';
 
 export interface WebRtcEndpointOptions {
   offer: string;
@@ -166,6 +167,12 @@ export class WebRtcEndpoint extends SafeEmitter<WebRtcEndpointEvents> {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.#disposer.dispose((err) => this.#log.warn({ err }, 'dispose failed'));
+      try {
+        // Tell the browser now rather than letting ICE consent run out.
+        if (!sendDtlsCloseNotify(this.#transceiver.sender.dtlsTransport)) this.#log.debug('DTLS close_notify not sent');
+      } catch (err) {
+        this.#log.debug({ err }, 'DTLS close_notify failed');
+      }
       await closePc(this.#pc, this.#log);
       this.removeAllListeners();
     })();

@@ -1,0 +1,169 @@
+import assert from 'node:assert/strict';
+import dgram from 'node:dgram';
+import type { Gateway } from '../../src/gateway.js';
+import { assertClean, startGateway, waitFor, wsUrl } from '../support/gateway-harness.js';
+import { CallRejectedError, Softphone } from '../support/softphone.js';
+import { OPUS } from '../support/werift-sdh.js';
+import type { GatewayConfig } from '../../src/config.js';
+import { sippAvailable, startSipp, type SippOptions, type SippPeer } from '../support/sipp.js';
+
+/**
+ * The first bridged call (issue 2): a SIP.js softphone over WebSocket (werift media) calls
+ * through the gateway to SIPp over UDP. Every test ends with the gateway holding no call,
+ * no port and no PeerConnection.
+ */
+describe('bridged call: SIP.js over WebSocket to SIPp over UDP', function () {
+  this.timeout(60_000);
+
+  let gw: Gateway | undefined;
+  let sipp: SippPeer | undefined;
+  let phone: Softphone | undefined;
+
+  before(function () {
+    if (!sippAvailable()) {
+      if (process.env.CI) throw new Error('sipp is required in CI (apt-get install sip-tester)');
+      this.skip();
+    }
+  });
+
+  async function setup(opts: Omit<SippOptions, 'transport'> & { t1?: number; rtpPorts?: [number, number]; codecs?: GatewayConfig['media']['codecs'] }): Promise<{ gw: Gateway; sipp: SippPeer; phone: Softphone }> {
+    const { t1, rtpPorts, codecs, ...sippOpts } = opts;
+    sipp = await startSipp({ transport: 'udp', ...sippOpts });
+    gw = await startGateway({ trunkPort: sipp.port, ...(t1 ? { t1 } : {}), ...(rtpPorts ? { rtpPorts } : {}), ...(codecs ? { codecs } : {}) });
+    phone = await Softphone.connect({ server: wsUrl(gw), user: 'alice', domain: '127.0.0.1' });
+    return { gw, sipp, phone };
+  }
+
+  afterEach(async function () {
+    try {
+      if (gw) await assertClean(gw);
+    } finally {
+      await phone?.close();
+      await sipp?.stop();
+      await gw?.close();
+      phone = sipp = gw = undefined;
+    }
+  });
+
+  it('relays audio both ways and the client hangs up: SIPp gets BYE, the gateway ends clean', async () => {
+    const { gw, sipp, phone } = await setup({ scenario: 'uas-answer', rtpEcho: true, calls: 1, traceMsg: true });
+    const call = phone.call('sip:1000@127.0.0.1');
+    await call.established;
+    assert.equal(gw.stats().calls, 1);
+    assert.equal(gw.stats().peerConnections, 1);
+    const sending = call.startSendingPcmu({ count: 150, intervalMs: 20 });
+    await call.waitForRtp(100, 10_000);
+    await sending;
+    const summary = gw.controller.calls()[0]!.summary();
+    assert.equal(summary.codec, 'pcmu');
+    assert.ok(summary.packets!.toSip >= 100 && summary.packets!.toBrowser >= 100, JSON.stringify(summary.packets));
+    const result = await call.hangup();
+    assert.deepEqual(result, { method: 'BYE', statusCode: 200 });
+    const done = await sipp.done;
+    assert.equal(done.code, 0, done.errors);
+    const received = (await sipp.messages()).filter((m) => m.kind === 'received').map((m) => m.method);
+    assert.ok(received.includes('BYE'), `SIPp saw ${received.join(',')}`);
+  });
+
+  it('SIPp hangs up: the client receives BYE and the gateway ends clean', async () => {
+    const { sipp, phone } = await setup({ scenario: 'uas-answer-then-bye', rtpEcho: true, calls: 1, keys: { hold_ms: '1500' } });
+    const call = phone.call('sip:1000@127.0.0.1');
+    await call.established;
+    void call.startSendingPcmu({ count: 50, intervalMs: 20 }).catch(() => undefined);
+    const end = await call.waitTerminated(15_000);
+    assert.equal(end.byeReceived, true);
+    assert.equal((await sipp.done).code, 0);
+  });
+
+  for (const status of ['486', '404', '503']) {
+    it(`passes SIPp's ${status} to the client as the final response`, async () => {
+      const { phone } = await setup({ scenario: 'uas-reject', calls: 1, keys: { status } });
+      const call = phone.call('sip:1000@127.0.0.1');
+      await assert.rejects(call.established, (e: unknown) => e instanceof CallRejectedError && e.statusCode === Number(status));
+      const end = await call.waitTerminated(10_000);
+      assert.equal(end.statusCode, Number(status));
+    });
+  }
+
+  it('the client CANCELs while SIPp rings: 487 to the client, CANCEL to SIPp', async () => {
+    const { sipp, phone } = await setup({ scenario: 'uas-ring-no-answer', calls: 1, traceMsg: true });
+    const call = phone.call('sip:1000@127.0.0.1');
+    assert.equal(await call.progress, 180);
+    const result = await call.hangup();
+    assert.equal(result.method, 'CANCEL');
+    const end = await call.waitTerminated(10_000);
+    assert.equal(end.statusCode, 487);
+    assert.equal((await sipp.done).code, 0);
+    const received = (await sipp.messages()).filter((m) => m.kind === 'received').map((m) => m.method);
+    assert.ok(received.includes('CANCEL'), `SIPp saw ${received.join(',')}`);
+  });
+
+  it('SIPp never answers: Timer B ends the call with 408 to the client', async () => {
+    // T1 = 50 ms makes Timer B 3.2 s; SIPp stays silent for 6 s.
+    const { gw, phone } = await setup({ scenario: 'uas-silent', calls: 1, keys: { silent_ms: '6000' }, t1: 50 });
+    const call = phone.call('sip:1000@127.0.0.1');
+    await assert.rejects(call.established, (e: unknown) => e instanceof CallRejectedError && e.statusCode === 408);
+    assert.ok(gw.stats().sipRetransmissions >= 5, `INVITE retransmitted on Timer A (${gw.stats().sipRetransmissions})`);
+  });
+
+  it('closes its PeerConnection after BYE even when the client keeps its own open', async () => {
+    const { phone } = await setup({ scenario: 'uas-answer', rtpEcho: true, calls: 1 });
+    const call = phone.call('sip:1000@127.0.0.1', { keepPeerConnectionOnClose: true });
+    await call.established;
+    const pc = call.peerConnection;
+    await waitFor(() => pc.connectionState === 'connected', 'client PeerConnection connected');
+    await call.hangup();
+    await assertClean(gw!);
+    // The gateway sends DTLS close_notify before closing. Chrome then closes the PeerConnection;
+    // werift (our stand-in) closes its DTLS transport but keeps connectionState on ICE alone.
+    const dtls = pc.getTransceivers()[0]!.sender.dtlsTransport;
+    await waitFor(() => pc.connectionState !== 'connected' || dtls.state === 'closed', 'client PeerConnection to leave connected', 10_000);
+  });
+
+  it('fails a call cleanly when its second RTP port is taken, and frees the first', async () => {
+    const squatted = await findEvenPairWithSecondBound();
+    try {
+      const { gw, phone } = await setup({ scenario: 'uas-answer', calls: 1, rtpPorts: [squatted.base, squatted.base + 1] });
+      const call = phone.call('sip:1000@127.0.0.1');
+      await assert.rejects(call.established, (e: unknown) => e instanceof CallRejectedError && e.statusCode === 503);
+      await assertClean(gw);
+      assert.equal(gw.rtpPorts.inUse, 0);
+      const first = dgram.createSocket('udp4');
+      await new Promise<void>((resolve, reject) => {
+        first.once('error', reject);
+        first.bind(squatted.base, '127.0.0.1', () => resolve());
+      });
+      first.close();
+    } finally {
+      squatted.socket.close();
+    }
+  });
+
+  it('rejects an offer with no codec a plain RTP peer takes with 488, and creates nothing on the SIP side', async () => {
+    const { gw, phone } = await setup({ scenario: 'uas-answer', calls: 1, codecs: ['pcmu', 'pcma'] });
+    const call = phone.call('sip:1000@127.0.0.1', { codecs: [OPUS] });
+    await assert.rejects(call.established, (e: unknown) => e instanceof CallRejectedError && e.statusCode === 488);
+    await assertClean(gw);
+    assert.equal((await sipp!.stop()).stats?.created ?? 0, 0);
+  });
+});
+
+/** An even port whose odd neighbour is bound by another socket (for the all-or-nothing test). */
+async function findEvenPairWithSecondBound(): Promise<{ base: number; socket: dgram.Socket }> {
+  for (let i = 0; i < 50; i++) {
+    const probe = dgram.createSocket('udp4');
+    await new Promise<void>((r) => probe.bind(0, '127.0.0.1', () => r()));
+    const p = probe.address().port;
+    await new Promise<void>((r) => probe.close(() => r()));
+    const base = p % 2 === 0 ? p : p + 1;
+    if (base + 1 > 65535) continue;
+    const socket = dgram.createSocket('udp4');
+    const ok = await new Promise<boolean>((resolve) => {
+      socket.once('error', () => resolve(false));
+      socket.bind(base + 1, '127.0.0.1', () => resolve(true));
+    });
+    if (ok) return { base, socket };
+    socket.close();
+  }
+  throw new Error('no port pair found');
+}
