@@ -6,9 +6,9 @@ import type { RTCDtlsTransport } from 'werift';
  * werift 0.24.4's close() only closes its socket ("todo impl send alert"), so a browser learns of
  * the hangup only when ICE consent expires (~30 s). Chrome ends the PeerConnection at once on
  * close_notify. This reaches into werift's DtlsSocket (cipher, context, transport) as of the
- * pinned 0.24.4; if those internals move, it does nothing and says so.
+ * pinned 0.24.4; if those internals move, it does nothing and returns false.
  */
-export function sendDtlsCloseNotify(transport: RTCDtlsTransport): boolean {
+export async function sendDtlsCloseNotify(transport: RTCDtlsTransport): Promise<boolean> {
   type Header = { contentType: number; protocolVersion: { major: number; minor: number }; epoch: number; sequenceNumber: number; contentLen: number };
   const socket = (transport as unknown as { dtls?: Record<string, unknown> }).dtls as
     | {
@@ -30,6 +30,7 @@ export function sendDtlsCloseNotify(transport: RTCDtlsTransport): boolean {
   record.writeUIntBE(header.sequenceNumber, 5, 6);
   record.writeUInt16BE(enc.fragment.length, 11);
   enc.fragment.copy(record, 13);
-  void Promise.resolve(socket.transport.send(record)).catch(() => undefined);
+  // Awaited so the record leaves before the socket closes (werift's ICE send path is async).
+  await socket.transport.send(record);
   return true;
 }

@@ -169,7 +169,12 @@ export class WebRtcEndpoint extends SafeEmitter<WebRtcEndpointEvents> {
       this.#disposer.dispose((err) => this.#log.warn({ err }, 'dispose failed'));
       try {
         // Tell the browser now rather than letting ICE consent run out.
-        if (!sendDtlsCloseNotify(this.#transceiver.sender.dtlsTransport)) this.#log.debug('DTLS close_notify not sent');
+        let timer: NodeJS.Timeout | undefined;
+        const sent = await Promise.race([
+          sendDtlsCloseNotify(this.#transceiver.sender.dtlsTransport),
+          new Promise<false>((r) => (timer = setTimeout(r, 200, false))),
+        ]).finally(() => clearTimeout(timer));
+        if (!sent) this.#log.debug('DTLS close_notify not sent');
       } catch (err) {
         this.#log.debug({ err }, 'DTLS close_notify failed');
       }
