@@ -4,6 +4,8 @@
  * when it offers), DTLS-SRTP, one sendrecv audio m-line, no trickle. It only ever uses 127.0.0.1.
  */
 import { randomInt } from 'node:crypto';
+import { createSocket } from 'node:dgram';
+import { isIPv6 } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import {
   MediaStreamTrack,
@@ -49,7 +51,7 @@ export const TELEPHONE_EVENT: AudioCodec = {
   payloadType: 101,
   parameters: '0-16',
 };
-/** What Chrome offers for audio, in its order, minus the codecs the gateway never sees. */
+/** The part of Chrome's audio offer the gateway cares about, in Chrome's order (Chrome numbers telephone-event 126). */
 export const DEFAULT_AUDIO_CODECS: readonly AudioCodec[] = [OPUS, PCMU, PCMA, TELEPHONE_EVENT];
 
 export interface WeriftSdhOptions {
@@ -166,8 +168,10 @@ export class WeriftSessionDescriptionHandler implements SessionDescriptionHandle
   readonly #operationTimeoutMs: number;
   readonly #localTrack = new MediaStreamTrack({ kind: 'audio' });
   readonly #disposers: Array<() => void> = [];
-  /** Rejecters of every pending wait or operation; teardown calls them all. */
+  /** Rejecters of every pending wait, sleep and operation; teardown calls them all. */
   readonly #pending = new Set<(error: Error) => void>();
+  /** Rejecters of pending offer/answer operations only; close() calls them (media waits may outlive it). */
+  readonly #pendingOperations = new Set<(error: Error) => void>();
   readonly #timers = new Set<NodeJS.Timeout>();
   readonly #rtpWaiters = new Set<() => void>();
   readonly #stateWaiters = new Set<() => void>();
@@ -438,13 +442,58 @@ export class WeriftSessionDescriptionHandler implements SessionDescriptionHandle
     });
   }
 
-  /** Resolves when the connection or ICE state is `disconnected`, `failed` or `closed`. */
+  /**
+   * Resolves when the connection or ICE state is `disconnected`, `failed` or `closed`. When the far
+   * end just goes away this takes about 30 s (ICE consent expiry); see waitForRemoteTransportClosed().
+   */
   waitForConnectionLost(timeoutMs: number): Promise<ConnectionStates> {
     const lost = new Set<string>(['disconnected', 'failed', 'closed']);
     return this.#waitForStates(
       timeoutMs,
       'disconnected, failed or closed',
       (s) => lost.has(s.connectionState) || lost.has(s.iceConnectionState),
+    );
+  }
+
+  /** The remote ICE address media flows to: the nominated pair's, else the first remote candidate's. */
+  get remoteIceAddress(): { readonly address: string; readonly port: number } | undefined {
+    const connection = this.peerConnection.iceTransports[0]?.connection;
+    const candidate = connection?.nominated?.remoteCandidate ?? connection?.remoteCandidates[0];
+    return candidate ? { address: candidate.host, port: candidate.port } : undefined;
+  }
+
+  /**
+   * Resolves once no socket on this host holds the remote ICE port any more, i.e. the far end (the
+   * gateway) closed its PeerConnection. waitForConnectionLost() is no use for that in a test:
+   * werift notices a vanished peer only when RFC 7675 consent expires, 30 s (fixed) later, and
+   * ignores DTLS close_notify. Probes by binding the port for an instant, so 127.0.0.1/::1 only.
+   */
+  waitForRemoteTransportClosed(timeoutMs: number, pollMs = 50): Promise<void> {
+    const remote = this.remoteIceAddress;
+    if (!remote) return Promise.reject(new InvalidStateError('no remote ICE candidate yet'));
+    if (remote.address !== '127.0.0.1' && remote.address !== '::1') {
+      return Promise.reject(new TypeError(`can only probe a loopback port, not ${remote.address}`));
+    }
+    const where = `${remote.address}:${remote.port}`;
+    return this.#wait(
+      timeoutMs,
+      () => `remote ICE port ${where} still bound after ${timeoutMs} ms (${describeStates(this.connectionStates)})`,
+      (resolve, reject) => {
+        let stopped = false;
+        let timer: NodeJS.Timeout | undefined;
+        const probe = (): void => {
+          isUdpPortFree(remote.address, remote.port).then((free) => {
+            if (stopped) return;
+            if (free) resolve();
+            else timer = setTimeout(probe, pollMs);
+          }, reject);
+        };
+        probe();
+        return () => {
+          stopped = true;
+          clearTimeout(timer);
+        };
+      },
     );
   }
 
@@ -455,9 +504,9 @@ export class WeriftSessionDescriptionHandler implements SessionDescriptionHandle
   close(): void {
     if (!this.#sipClosed) {
       this.#sipClosed = true;
-      this.#rejectPending(new InvalidStateError('session description handler closed'));
+      rejectAll(this.#pendingOperations, new InvalidStateError('session description handler closed'));
     }
-    // The interface is synchronous: failures are reported by forceClose() and closed().
+    // The interface is synchronous: forceClose() reports close failures.
     if (!this.#keepPeerConnectionOnClose) void this.#closePeerConnection();
   }
 
@@ -482,13 +531,14 @@ export class WeriftSessionDescriptionHandler implements SessionDescriptionHandle
   }
 
   async #runTeardown(): Promise<Error | undefined> {
-    this.#rejectPending(new InvalidStateError('PeerConnection closed'));
+    rejectAll(this.#pending, new InvalidStateError('PeerConnection closed'));
     for (const timer of this.#timers) clearTimeout(timer);
     this.#timers.clear();
     for (const dispose of this.#disposers.splice(0)) dispose();
     this.#rtpWaiters.clear();
     this.#localTrack.stop();
     try {
+      await this.#letDtlsHandshakeSettle(1000);
       await this.peerConnection.close();
       return undefined;
     } catch (error) {
@@ -499,24 +549,42 @@ export class WeriftSessionDescriptionHandler implements SessionDescriptionHandle
     }
   }
 
-  #rejectPending(error: Error): void {
-    const rejecters = [...this.#pending];
-    this.#pending.clear();
-    for (const reject of rejecters) reject(error);
+  /**
+   * werift cannot cancel a DTLS handshake: closed mid-way, its flight retransmission timers run on
+   * for about 33 s and keep Node (and mocha) alive, on whichever side did not finish. So give a
+   * live peer up to `timeoutMs` to finish, then a few ms for our last flight to leave the socket.
+   */
+  async #letDtlsHandshakeSettle(timeoutMs: number): Promise<void> {
+    const dtls = this.transceiver.dtlsTransport;
+    if (dtls.state !== 'connecting') return;
+    const settled = await new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => done(false), timeoutMs);
+      const { unSubscribe } = dtls.onStateChange.subscribe((state) => {
+        if (state !== 'connecting') done(state === 'connected');
+      });
+      function done(connected: boolean): void {
+        clearTimeout(timer);
+        unSubscribe();
+        resolve(connected);
+      }
+    });
+    if (settled) await new Promise<void>((resolve) => setTimeout(resolve, 20));
   }
 
   #assertPeerConnectionOpen(what: string): void {
     if (this.isPeerConnectionClosed) throw new InvalidStateError(`${what} after the PeerConnection was closed`);
   }
 
-  /** An offer/answer step: bounded, and rejected if the handler closes meanwhile (werift can hang when closed mid-way). */
+  /** An offer/answer step: bounded, and rejected if the handler closes meanwhile (werift may never settle then). */
   #operation<T>(what: string, run: () => Promise<T>): Promise<T> {
     if (this.#sipClosed) return Promise.reject(new InvalidStateError(`${what} after close`));
     return this.#wait(
       this.#operationTimeoutMs,
       () => `${what} did not finish within ${this.#operationTimeoutMs} ms (${describeStates(this.connectionStates)})`,
       (resolve, reject) => {
+        this.#pendingOperations.add(reject);
         run().then(resolve, (error: unknown) => reject(toError(error)));
+        return () => this.#pendingOperations.delete(reject);
       },
     );
   }
@@ -633,26 +701,15 @@ export function createWeriftSdhFactory(
 }
 
 function parseSdhOptions(options: object | undefined): WeriftSdhOptions {
-  if (options === undefined) return {};
-  const o = options as Record<string, unknown>;
-  const out: { -readonly [K in keyof WeriftSdhOptions]: WeriftSdhOptions[K] } = {};
-  if (o.codecs !== undefined) {
-    if (!Array.isArray(o.codecs)) throw new TypeError('sessionDescriptionHandlerFactoryOptions.codecs must be an array');
-    out.codecs = validateCodecs(o.codecs as AudioCodec[]);
-  }
-  if (o.keepPeerConnectionOnClose !== undefined) {
-    if (typeof o.keepPeerConnectionOnClose !== 'boolean') throw new TypeError('keepPeerConnectionOnClose must be boolean');
-    out.keepPeerConnectionOnClose = o.keepPeerConnectionOnClose;
-  }
-  if (o.hostAddress !== undefined) {
-    if (typeof o.hostAddress !== 'string') throw new TypeError('hostAddress must be a string');
-    out.hostAddress = o.hostAddress;
-  }
-  if (o.operationTimeoutMs !== undefined) {
-    if (typeof o.operationTimeoutMs !== 'number') throw new TypeError('operationTimeoutMs must be a number');
-    out.operationTimeoutMs = o.operationTimeoutMs;
-  }
-  return out;
+  const o = (options ?? {}) as Record<keyof WeriftSdhOptions, unknown>;
+  const check = (key: keyof WeriftSdhOptions, ok: boolean): void => {
+    if (o[key] !== undefined && !ok) throw new TypeError(`sessionDescriptionHandlerFactoryOptions.${key} has the wrong type`);
+  };
+  check('codecs', Array.isArray(o.codecs));
+  check('keepPeerConnectionOnClose', typeof o.keepPeerConnectionOnClose === 'boolean');
+  check('hostAddress', typeof o.hostAddress === 'string');
+  check('operationTimeoutMs', typeof o.operationTimeoutMs === 'number');
+  return o as WeriftSdhOptions; // codecs are validated by the constructor
 }
 
 function validateCodecs(codecs: readonly AudioCodec[]): readonly AudioCodec[] {
@@ -684,6 +741,26 @@ async function applyModifiers(
     description = { type, sdp: modified };
   }
   return description.sdp;
+}
+
+function rejectAll(rejecters: Set<(error: Error) => void>, error: Error): void {
+  const pending = [...rejecters];
+  rejecters.clear();
+  for (const reject of pending) reject(error);
+}
+
+/** True if `port` can be bound on `address` now (nobody holds it); EADDRINUSE means someone does. */
+function isUdpPortFree(address: string, port: number): Promise<boolean> {
+  return new Promise<boolean>((resolve, reject) => {
+    const socket = createSocket({ type: isIPv6(address) ? 'udp6' : 'udp4', reuseAddr: false });
+    socket.once('error', (error: NodeJS.ErrnoException) => {
+      socket.close();
+      if (error.code === 'EADDRINUSE') resolve(false);
+      else reject(error);
+    });
+    socket.once('listening', () => socket.close(() => resolve(true)));
+    socket.bind({ address, port, exclusive: true });
+  });
 }
 
 function isDtmf(tones: string): boolean {
