@@ -1,0 +1,655 @@
+/**
+ * SIPp peers for integration tests: spawns `sipp` on 127.0.0.1 with one of
+ * the scenarios in test/sipp/, waits until it listens, and hands back its
+ * ports, its exit (code and call counts) and, on request, its message log.
+ *
+ * Every run is bounded: SIPp's own -timeout (with -timeout_error, see
+ * below) and a kill guard here. Logs go to a temp dir removed by stop().
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import { accessSync, constants as fsConstants, existsSync, rmSync } from 'node:fs';
+import { mkdtemp, readFile, readdir, readlink } from 'node:fs/promises';
+import { createServer, type Server } from 'node:net';
+import { tmpdir } from 'node:os';
+import { delimiter, dirname, isAbsolute, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { InvalidStateError } from '../../src/util/errors.js';
+
+export type SippScenarioName =
+  | 'uas-answer'
+  | 'uas-answer-then-bye'
+  | 'uas-reject'
+  | 'uas-ring-no-answer'
+  | 'uas-silent'
+  | 'uac-self-test';
+
+export interface SippOptions {
+  /** A scenario in test/sipp/ by name, or a path to a scenario file. */
+  scenario: SippScenarioName | (string & {});
+  transport?: 'udp' | 'tcp';
+  /** -rtp_echo: echo RTP arriving on mediaPort (and mediaPort + 2). */
+  rtpEcho?: boolean;
+  /** -lost: percentage (0-100) of SIP messages SIPp drops, both ways. UDP only. */
+  lost?: number;
+  /** -m: SIPp exits after this many calls ended (default 1). */
+  calls?: number;
+  /** -key name value: the scenario's [name] keywords, over its defaults. */
+  keys?: Readonly<Record<string, string>>;
+  /** Bound on the whole run (default 30000); SIPp's -timeout counts whole seconds. */
+  timeoutMs?: number;
+  /** -trace_msg, read back with messages(). */
+  traceMsg?: boolean;
+  /** UAC scenarios only: where to send calls, "host:port". */
+  remote?: string;
+  /** UAC scenarios only: -r, new calls per second (SIPp's default is 10). */
+  rate?: number;
+  /** Keep the log dir after stop() (also when SIPP_KEEP_LOGS is set). */
+  keepLogs?: boolean;
+  /** Anything else for the command line, appended last. */
+  extraArgs?: readonly string[];
+}
+
+/** Cumulative counters from SIPp's -trace_stat file at exit. */
+export interface SippStats {
+  created: number;
+  successful: number;
+  failed: number;
+  retransmissions: number;
+  /** Messages for calls already ended (e.g. a late retransmission). */
+  deadCallMessages: number;
+  /** Messages matching no call (SIPp ignores them). */
+  outOfCallMessages: number;
+  /** Every "(C)" column of the file, by name without the suffix. */
+  counters: Record<string, number>;
+}
+
+export interface SippResult {
+  /** 0: every call succeeded; 1: some failed; 97: stopped early; 99: no call; 254: bind failure; 255: fatal or -timeout reached. */
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  /** True when the kill guard or stop() had to end the process. */
+  killed: boolean;
+  /** null when SIPp wrote no final statistics (killed, or failed at start). */
+  stats: SippStats | null;
+  /** The -trace_err log (unexpected messages, aborted calls), possibly truncated. */
+  errors: string;
+  /** SIPp's stderr, possibly truncated. */
+  stderr: string;
+  args: readonly string[];
+}
+
+export interface SippMessage {
+  /**
+   * sent / received: as on the wire. SIPp logs a message it then drops for
+   * -lost as received (and adds a separate 'lost' entry with no text).
+   * unexpected: a received message that matched no scenario step (it is
+   * also logged as received). dead-call: one for a call already ended.
+   */
+  kind: 'sent' | 'received' | 'unexpected' | 'dead-call' | 'lost' | 'other';
+  transport: string;
+  /** As SIPp logs it: "2026-01-01 12:00:00.123456". */
+  time: string;
+  /** The SIP message, lines joined with \r\n; '' for 'lost'. */
+  text: string;
+  method?: string;
+  status?: number;
+  callId?: string;
+  cseq?: { seq: number; method: string };
+}
+
+export interface SippPeer {
+  readonly pid: number;
+  /** SIP port on 127.0.0.1. */
+  readonly port: number;
+  /** RTP port on 127.0.0.1 (SIPp also binds mediaPort + 2). */
+  readonly mediaPort: number;
+  readonly transport: 'udp' | 'tcp';
+  readonly args: readonly string[];
+  readonly logDir: string;
+  /** Settles when SIPp exits, never rejects. */
+  readonly done: Promise<SippResult>;
+  /** The -trace_msg log so far (complete once done settled). */
+  messages(): Promise<SippMessage[]>;
+  /** Ends SIPp if still running (SIGTERM, then SIGKILL), reaps it, removes the logs. Safe to call twice. */
+  stop(): Promise<SippResult>;
+}
+
+/** Status codes uas-reject.xml can answer with (SIPp needs them literal in the scenario). */
+export const SIPP_REJECT_REASONS: Readonly<Record<string, string>> = {
+  '403': 'Forbidden',
+  '404': 'Not Found',
+  '408': 'Request Timeout',
+  '480': 'Temporarily Unavailable',
+  '486': 'Busy Here',
+  '488': 'Not Acceptable Here',
+  '500': 'Server Internal Error',
+  '503': 'Service Unavailable',
+  '600': 'Busy Everywhere',
+  '603': 'Decline',
+};
+
+interface ScenarioDefaults {
+  keys: (o: SippOptions) => Record<string, string>;
+  args?: readonly string[];
+}
+
+// linger_ms keeps a call after its last transaction to answer retransmissions:
+// none come over TCP (where a lingering call also fails, "FailedTcpClosed",
+// when the peer closes the connection) and hardly any over loopback UDP
+// without -lost.
+const lingerMs = (o: SippOptions): string => {
+  if (o.transport === 'tcp') return '0';
+  return (o.lost ?? 0) > 0 ? '4000' : '500';
+};
+
+const SCENARIO_DEFAULTS: Readonly<Record<SippScenarioName, ScenarioDefaults>> = {
+  'uas-answer': { keys: (o) => ({ pt: '0', codec: 'PCMU', linger_ms: lingerMs(o) }) },
+  'uas-answer-then-bye': { keys: () => ({ hold_ms: '3000', pt: '0', codec: 'PCMU' }) },
+  'uas-reject': {
+    keys: (o) => {
+      const status = o.keys?.['status'] ?? '486';
+      return { status, reason: SIPP_REJECT_REASONS[status] ?? 'Rejected' };
+    },
+  },
+  'uas-ring-no-answer': { keys: (o) => ({ linger_ms: lingerMs(o) }) },
+  // -nd: nothing at all may be sent, not even for a call SIPp aborts.
+  'uas-silent': { keys: () => ({ silent_ms: '5000' }), args: ['-nd'] },
+  'uac-self-test': { keys: (o) => ({ mode: 'answer', hold_ms: '500', linger_ms: lingerMs(o) }) },
+};
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+// Compiled to dist/test/support/; the XML files stay in the source tree.
+const SCENARIO_DIRS = [resolve(HERE, '../../../test/sipp'), resolve(HERE, '../sipp')];
+
+const DEFAULT_TIMEOUT_MS = 30_000;
+const READY_TIMEOUT_MS = 5_000;
+const KILL_GRACE_MS = 3_000;
+const TERM_GRACE_MS = 2_000;
+const MAX_CAPTURE = 64 * 1024;
+const EXIT_BIND_FAILED = 254;
+
+let sippPathCache: string | null | undefined;
+
+function findSipp(): string | null {
+  if (sippPathCache !== undefined) return sippPathCache;
+  const candidates = process.env['SIPP']
+    ? [process.env['SIPP']]
+    : (process.env['PATH'] ?? '').split(delimiter).filter(Boolean).map((d) => join(d, 'sipp'));
+  sippPathCache = null;
+  for (const c of candidates) {
+    try {
+      accessSync(c, fsConstants.X_OK);
+      sippPathCache = c;
+      break;
+    } catch {
+      // not this one
+    }
+  }
+  return sippPathCache;
+}
+
+/** True when a sipp executable is found ($SIPP, else on PATH): integration tests skip without it. */
+export function sippAvailable(): boolean {
+  return findSipp() !== null;
+}
+
+function scenarioPath(scenario: string): string {
+  if (scenario.endsWith('.xml') || scenario.includes('/')) {
+    const p = isAbsolute(scenario) ? scenario : resolve(scenario);
+    if (!existsSync(p)) throw new TypeError(`SIPp scenario file not found: ${p}`);
+    return p;
+  }
+  for (const dir of SCENARIO_DIRS) {
+    const p = join(dir, `${scenario}.xml`);
+    if (existsSync(p)) return p;
+  }
+  throw new TypeError(`unknown SIPp scenario '${scenario}' (looked in ${SCENARIO_DIRS.join(', ')})`);
+}
+
+function scenarioName(scenario: string): string {
+  const base = scenario.split('/').pop() ?? scenario;
+  return base.endsWith('.xml') ? base.slice(0, -4) : base;
+}
+
+function validate(o: SippOptions): void {
+  if (o.transport !== undefined && o.transport !== 'udp' && o.transport !== 'tcp') {
+    throw new TypeError(`transport must be 'udp' or 'tcp', got ${String(o.transport)}`);
+  }
+  if (o.lost !== undefined) {
+    if (!Number.isInteger(o.lost) || o.lost < 0 || o.lost > 100) throw new TypeError('lost must be an integer 0-100');
+    // SIPp would drop messages a reliable transport never retransmits.
+    if (o.lost > 0 && o.transport === 'tcp') throw new TypeError('lost needs UDP');
+  }
+  if (o.calls !== undefined && (!Number.isInteger(o.calls) || o.calls < 1)) throw new TypeError('calls must be an integer >= 1');
+  if (o.timeoutMs !== undefined && (!Number.isFinite(o.timeoutMs) || o.timeoutMs <= 0)) {
+    throw new TypeError('timeoutMs must be a positive number');
+  }
+  if (o.rate !== undefined && (!Number.isFinite(o.rate) || o.rate <= 0)) throw new TypeError('rate must be positive');
+  for (const [k, v] of Object.entries(o.keys ?? {})) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new TypeError(`bad keyword name '${k}'`);
+    if (typeof v !== 'string') throw new TypeError(`keyword '${k}' must be a string`);
+  }
+  const name = scenarioName(o.scenario);
+  if (name === 'uas-reject') {
+    const status = o.keys?.['status'];
+    if (status !== undefined && !(status in SIPP_REJECT_REASONS)) {
+      throw new TypeError(`uas-reject answers only ${Object.keys(SIPP_REJECT_REASONS).join(', ')}; got ${status}`);
+    }
+  }
+  const uac = name.startsWith('uac');
+  if (uac && o.remote === undefined) throw new TypeError(`scenario '${name}' is a UAC: give remote "host:port"`);
+  if (!uac && (o.remote !== undefined || o.rate !== undefined)) {
+    throw new TypeError('remote and rate are for UAC scenarios only');
+  }
+  if (o.remote !== undefined && !/^[^\s:]+:\d+$/.test(o.remote)) throw new TypeError('remote must be "host:port"');
+}
+
+// ---- ports ----------------------------------------------------------------
+
+function bindUdp(port: number): Promise<UdpSocket | null> {
+  return new Promise((res) => {
+    const s = createSocket({ type: 'udp4', reuseAddr: false });
+    s.once('error', () => {
+      s.close();
+      res(null);
+    });
+    s.bind({ port, address: '127.0.0.1', exclusive: true }, () => {
+      s.removeAllListeners('error');
+      res(s);
+    });
+  });
+}
+
+function listenTcp(port: number): Promise<Server | null> {
+  return new Promise((res) => {
+    const s = createServer();
+    s.once('error', () => res(null));
+    s.listen({ port, host: '127.0.0.1', exclusive: true }, () => {
+      s.removeAllListeners('error');
+      res(s);
+    });
+  });
+}
+
+interface Ports {
+  sip: number;
+  media: number;
+}
+
+/**
+ * Free ports for SIP and media, found by binding them and letting go just
+ * before SIPp starts (a race another process can win: startSipp retries
+ * once when SIPp then fails to bind). Media needs mediaPort and
+ * mediaPort + 2 (SIPp's audio and video echo sockets); mediaPort is even.
+ */
+async function pickPorts(transport: 'udp' | 'tcp'): Promise<Ports> {
+  const held: Array<UdpSocket | Server> = [];
+  try {
+    let sip = 0;
+    for (let i = 0; i < 20 && sip === 0; i++) {
+      const u = await bindUdp(0);
+      if (!u) continue;
+      held.push(u);
+      const p = u.address().port;
+      if (transport === 'tcp') {
+        const t = await listenTcp(p);
+        if (!t) continue;
+        held.push(t);
+      }
+      sip = p;
+    }
+    let media = 0;
+    for (let i = 0; i < 20 && media === 0; i++) {
+      const u = await bindUdp(0);
+      if (!u) continue;
+      held.push(u);
+      let p = u.address().port;
+      if (p % 2 === 1) {
+        const even = await bindUdp(p + 1);
+        if (!even) continue;
+        held.push(even);
+        p += 1;
+      }
+      const video = p + 2 <= 65535 ? await bindUdp(p + 2) : null;
+      if (!video) continue;
+      held.push(video);
+      media = p;
+    }
+    if (sip === 0 || media === 0) throw new Error('no free ports on 127.0.0.1 for SIPp');
+    return { sip, media };
+  } finally {
+    await Promise.all(
+      held.map(
+        (h) =>
+          new Promise<void>((res) => {
+            if ('send' in h) h.close(() => res());
+            else h.close(() => res());
+          }),
+      ),
+    );
+  }
+}
+
+// ---- readiness --------------------------------------------------------------
+
+/** Socket inodes of `pid` bound to 127.0.0.1:port (TCP: listening), from /proc. */
+async function boundBy(pid: number, proto: 'udp' | 'tcp', port: number): Promise<boolean> {
+  const table = await readFile(`/proc/net/${proto}`, 'utf8');
+  const local = `0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  const inodes = new Set<string>();
+  for (const line of table.split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f[1] !== local) continue;
+    if (proto === 'tcp' && f[3] !== '0A') continue;
+    if (f[9]) inodes.add(f[9]);
+  }
+  if (inodes.size === 0) return false;
+  for (const fd of await readdir(`/proc/${pid}/fd`)) {
+    const target = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
+    const m = /^socket:\[(\d+)\]$/.exec(target);
+    if (m && inodes.has(m[1]!)) return true;
+  }
+  return false;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+// ---- parsing ----------------------------------------------------------------
+
+function parseStats(csv: string): SippStats | null {
+  const lines = csv.split('\n').filter((l) => l.trim() !== '');
+  if (lines.length < 2) return null;
+  const head = lines[0]!.split(';');
+  const last = lines[lines.length - 1]!.split(';');
+  const counters: Record<string, number> = {};
+  head.forEach((h, i) => {
+    const m = /^(.*)\(C\)$/.exec(h);
+    const v = Number(last[i]);
+    if (m && last[i] !== undefined && last[i] !== '' && Number.isFinite(v)) counters[m[1]!] = v;
+  });
+  const total = Number(last[head.indexOf('TotalCallCreated')]);
+  return {
+    created: Number.isFinite(total) ? total : 0,
+    successful: counters['SuccessfulCall'] ?? 0,
+    failed: counters['FailedCall'] ?? 0,
+    retransmissions: counters['Retransmissions'] ?? 0,
+    deadCallMessages: counters['DeadCallMsgs'] ?? 0,
+    outOfCallMessages: counters['OutOfCallMsgs'] ?? 0,
+    counters,
+  };
+}
+
+// Not anchored: SIPp writes "UDP message lost (recv)." with no newline before the next one.
+const SEPARATOR = /-{47} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\n/g;
+
+/** Parses SIPp's -trace_msg log: entries start with a dashed line and a timestamp. */
+export function parseSippMessageLog(log: string): SippMessage[] {
+  const out: SippMessage[] = [];
+  // split() with a capture group alternates text and timestamps.
+  const parts = log.replace(/\r\n/g, '\n').split(SEPARATOR);
+  for (let i = 1; i + 1 < parts.length; i += 2) {
+    const time = parts[i]!;
+    const body = parts[i + 1]!;
+    const nl = body.indexOf('\n');
+    const header = nl < 0 ? body : body.slice(0, nl);
+    const rest = nl < 0 ? '' : body.slice(nl + 1);
+    const transport = /^(\w+) message/.exec(header)?.[1] ?? /a (\w+) message/.exec(header)?.[1] ?? '';
+    let kind: SippMessage['kind'];
+    if (/^Unexpected \w+ message received/.test(header)) kind = 'unexpected';
+    else if (/^Dead call/.test(header)) kind = 'dead-call';
+    else if (/lost/.test(header)) kind = 'lost';
+    else if (/^\w+ message sent/.test(header)) kind = 'sent';
+    else if (/^\w+ message received/.test(header)) kind = 'received';
+    else kind = 'other';
+    const text = kind === 'lost' ? '' : rest.replace(/^\n+/, '').replace(/\n+$/, '\n').replace(/\n/g, '\r\n');
+    out.push({ kind, transport, time, text, ...describe(text) });
+  }
+  return out;
+}
+
+function describe(text: string): Pick<SippMessage, 'method' | 'status' | 'callId' | 'cseq'> {
+  const d: Pick<SippMessage, 'method' | 'status' | 'callId' | 'cseq'> = {};
+  const eol = text.indexOf('\r\n');
+  const first = eol < 0 ? text : text.slice(0, eol);
+  const resp = /^SIP\/2\.0 (\d{3})/.exec(first);
+  if (resp) d.status = Number(resp[1]);
+  else {
+    const req = /^([A-Z]+) \S+ SIP\/2\.0/.exec(first);
+    if (req) d.method = req[1]!;
+  }
+  const callId = /^(?:Call-ID|i)[ \t]*:[ \t]*(.+)$/im.exec(text);
+  if (callId) d.callId = callId[1]!.trim();
+  const cseq = /^CSeq[ \t]*:[ \t]*(\d+)[ \t]+([A-Za-z]+)/im.exec(text);
+  if (cseq) d.cseq = { seq: Number(cseq[1]), method: cseq[2]!.toUpperCase() };
+  return d;
+}
+
+// ---- process ----------------------------------------------------------------
+
+const live = new Set<ChildProcess>();
+const logDirsToRemove = new Set<string>();
+let exitHookInstalled = false;
+
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  // A test run that dies mid-way must not leave SIPp behind.
+  process.once('exit', () => {
+    for (const c of live) c.kill('SIGKILL');
+    for (const d of logDirsToRemove) rmSync(d, { recursive: true, force: true });
+  });
+}
+
+async function readTail(path: string): Promise<string> {
+  const s = await readFile(path, 'utf8').catch(() => '');
+  return s.length > MAX_CAPTURE ? `...${s.slice(-MAX_CAPTURE)}` : s;
+}
+
+interface Attempt {
+  child: ChildProcess;
+  args: string[];
+  ports: Ports;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  stderr: () => string;
+}
+
+function buildArgs(o: SippOptions, ports: Ports, logDir: string, name: string): string[] {
+  const transport = o.transport ?? 'udp';
+  const timeoutMs = o.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const defaults = SCENARIO_DEFAULTS[name as SippScenarioName];
+  const keys = { ...(defaults?.keys(o) ?? {}), ...(o.keys ?? {}) };
+  const args = [
+    '-sf', scenarioPath(o.scenario),
+    ...(o.remote !== undefined ? [o.remote] : []),
+    '-t', transport === 'tcp' ? 't1' : 'u1',
+    '-i', '127.0.0.1',
+    '-bind_local',
+    '-p', String(ports.sip),
+    '-mi', '127.0.0.1',
+    '-mp', String(ports.media),
+    // Remote-control socket: on loopback, SIPp picks a free port from 8888.
+    '-ci', '127.0.0.1',
+    '-m', String(o.calls ?? 1),
+    '-nostdin',
+    // -timeout counts whole seconds. Without -timeout_error SIPp only stops
+    // placing calls at the timeout and waits for the ones running (measured:
+    // a UAC call after a 100 Trying kept it alive indefinitely).
+    '-timeout', `${Math.max(1, Math.ceil(timeoutMs / 1000))}s`,
+    '-timeout_error',
+    '-trace_err', '-error_file', join(logDir, 'errors.log'),
+    '-trace_stat', '-stf', join(logDir, 'stats.csv'),
+    '-trace_screen', '-screen_file', join(logDir, 'screen.log'),
+    ...(o.traceMsg ? ['-trace_msg', '-message_file', join(logDir, 'messages.log')] : []),
+    ...(o.rtpEcho ? ['-rtp_echo'] : []),
+    ...(o.lost !== undefined && o.lost > 0 ? ['-lost', String(o.lost)] : []),
+    ...(o.rate !== undefined ? ['-r', String(o.rate)] : []),
+    ...(defaults?.args ?? []),
+  ];
+  for (const [k, v] of Object.entries(keys)) args.push('-key', k, v);
+  args.push(...(o.extraArgs ?? []));
+  return args;
+}
+
+function launch(bin: string, args: string[], logDir: string, ports: Ports): Attempt {
+  const child = spawn(bin, args, { cwd: logDir, stdio: ['ignore', 'ignore', 'pipe'] });
+  live.add(child);
+  let stderr = '';
+  child.stderr?.setEncoding('utf8');
+  child.stderr?.on('data', (d: string) => {
+    stderr = (stderr + d).slice(-MAX_CAPTURE);
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => {
+    child.once('error', (err) => {
+      stderr += `\nspawn failed: ${err.message}`;
+      live.delete(child);
+      res({ code: null, signal: null });
+    });
+    child.once('close', (code, signal) => {
+      live.delete(child);
+      res({ code, signal });
+    });
+  });
+  return { child, args, ports, exited, stderr: () => stderr };
+}
+
+/** Resolves true when SIPp listens, false if it exited first. */
+async function waitReady(a: Attempt, transport: 'udp' | 'tcp', uac: boolean): Promise<boolean> {
+  let exited = false;
+  void a.exited.then(() => {
+    exited = true;
+  });
+  const pid = a.child.pid;
+  if (pid === undefined) return false;
+  if (!existsSync('/proc/net/udp')) {
+    // No /proc (not Linux): a short grace instead of a probe.
+    await Promise.race([sleep(300), a.exited]);
+    return !exited;
+  }
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  while (!exited && Date.now() < deadline) {
+    try {
+      const media = await boundBy(pid, 'udp', a.ports.media);
+      // A UAC's TCP socket connects rather than listens.
+      const sip = uac && transport === 'tcp' ? true : await boundBy(pid, transport, a.ports.sip);
+      if (media && sip) return true;
+    } catch {
+      // the process may be going away; checked again below
+    }
+    await Promise.race([sleep(15), a.exited]);
+  }
+  return false;
+}
+
+async function terminate(a: Attempt): Promise<void> {
+  if (a.child.exitCode !== null || a.child.signalCode !== null) return;
+  a.child.kill('SIGTERM');
+  const t = setTimeout(() => a.child.kill('SIGKILL'), TERM_GRACE_MS);
+  await a.exited;
+  clearTimeout(t);
+}
+
+/**
+ * Starts SIPp with a scenario from test/sipp/ and resolves once it listens
+ * on 127.0.0.1 (SIP port and media ports bound, checked in /proc), so that
+ * a caller can send at once.
+ */
+export async function startSipp(options: SippOptions): Promise<SippPeer> {
+  validate(options);
+  const bin = findSipp();
+  if (bin === null) throw new Error('sipp not found (install sip-tester, or set $SIPP)');
+  const transport = options.transport ?? 'udp';
+  const name = scenarioName(options.scenario);
+  const uac = name.startsWith('uac');
+  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const keepLogs = options.keepLogs === true || !!process.env['SIPP_KEEP_LOGS'];
+  installExitHook();
+
+  const logDir = await mkdtemp(join(tmpdir(), `sipp-${name}-`));
+  if (!keepLogs) logDirsToRemove.add(logDir);
+
+  let attempt: Attempt | undefined;
+  for (let tries = 0; tries < 2; tries++) {
+    const ports = await pickPorts(transport);
+    const args = buildArgs(options, ports, logDir, name);
+    const a = launch(bin, args, logDir, ports);
+    if (await waitReady(a, transport, uac)) {
+      attempt = a;
+      break;
+    }
+    await terminate(a);
+    const { code } = await a.exited;
+    if (code === EXIT_BIND_FAILED && tries === 0) continue; // lost a port race: new ports
+    const errors = await readTail(join(logDir, 'errors.log'));
+    if (!keepLogs) {
+      rmSync(logDir, { recursive: true, force: true });
+      logDirsToRemove.delete(logDir);
+    }
+    throw new Error(
+      `sipp did not start (exit ${String(code)}): ${a.stderr().trim() || errors.trim() || '(no output)'}\n  sipp ${args.join(' ')}`,
+    );
+  }
+  if (!attempt) throw new Error('sipp did not start');
+  const a = attempt;
+
+  let killed = false;
+  // SIPp's -timeout has whole-second granularity and has been seen not to
+  // end every run by itself: this guard always does.
+  const guard = setTimeout(() => {
+    killed = true;
+    void terminate(a);
+  }, Math.ceil(timeoutMs / 1000) * 1000 + KILL_GRACE_MS);
+
+  const done: Promise<SippResult> = a.exited.then(async ({ code, signal }) => {
+    clearTimeout(guard);
+    const [csv, errors] = await Promise.all([
+      readFile(join(logDir, 'stats.csv'), 'utf8').catch(() => ''),
+      readTail(join(logDir, 'errors.log')),
+    ]);
+    return { code, signal, killed, stats: parseStats(csv), errors, stderr: a.stderr(), args: a.args };
+  });
+
+  let stopping: Promise<SippResult> | undefined;
+  let removed = false;
+  const peer: SippPeer = {
+    pid: a.child.pid!,
+    port: a.ports.sip,
+    mediaPort: a.ports.media,
+    transport,
+    args: a.args,
+    logDir,
+    done,
+    async messages() {
+      if (!options.traceMsg) throw new TypeError('messages() needs the traceMsg option');
+      if (removed) throw new InvalidStateError('SIPp peer stopped: its logs are removed');
+      const log = await readFile(join(logDir, 'messages.log'), 'utf8').catch((err: NodeJS.ErrnoException) => {
+        if (err.code === 'ENOENT') return '';
+        throw err;
+      });
+      return parseSippMessageLog(log);
+    },
+    stop() {
+      stopping ??= (async () => {
+        if (a.child.exitCode === null && a.child.signalCode === null) killed = true;
+        await terminate(a);
+        const result = await done;
+        if (!keepLogs) {
+          removed = true;
+          rmSync(logDir, { recursive: true, force: true });
+          logDirsToRemove.delete(logDir);
+        }
+        return result;
+      })();
+      return stopping;
+    },
+  };
+  return peer;
+}
+
+/** One line for assertion messages: exit, counts and the start of the error log. */
+export function formatSippResult(r: SippResult): string {
+  const s = r.stats;
+  const counts = s ? `created ${s.created}, successful ${s.successful}, failed ${s.failed}, retransmissions ${s.retransmissions}` : 'no stats';
+  const errors = r.errors.trim().slice(0, 2000);
+  return `sipp exit ${String(r.code)}${r.signal ? ` (${r.signal})` : ''}${r.killed ? ' killed' : ''}; ${counts}${errors ? `\n${errors}` : ''}`;
+}
