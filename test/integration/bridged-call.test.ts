@@ -26,10 +26,10 @@ describe('bridged call: SIP.js over WebSocket to SIPp over UDP', function () {
     }
   });
 
-  async function setup(opts: Omit<SippOptions, 'transport'> & { t1?: number; rtpPorts?: [number, number]; codecs?: GatewayConfig['media']['codecs'] }): Promise<{ gw: Gateway; sipp: SippPeer; phone: Softphone }> {
+  async function setup(opts: SippOptions & { t1?: number; rtpPorts?: [number, number]; codecs?: GatewayConfig['media']['codecs'] }): Promise<{ gw: Gateway; sipp: SippPeer; phone: Softphone }> {
     const { t1, rtpPorts, codecs, ...sippOpts } = opts;
     sipp = await startSipp({ transport: 'udp', ...sippOpts });
-    gw = await startGateway({ trunkPort: sipp.port, ...(t1 ? { t1 } : {}), ...(rtpPorts ? { rtpPorts } : {}), ...(codecs ? { codecs } : {}) });
+    gw = await startGateway({ trunkPort: sipp.port, trunkTransport: sipp.transport, ...(t1 ? { t1 } : {}), ...(rtpPorts ? { rtpPorts } : {}), ...(codecs ? { codecs } : {}) });
     phone = await Softphone.connect({ server: wsUrl(gw), user: 'alice', domain: '127.0.0.1' });
     return { gw, sipp, phone };
   }
@@ -63,6 +63,21 @@ describe('bridged call: SIP.js over WebSocket to SIPp over UDP', function () {
     assert.equal(done.code, 0, done.errors);
     const received = (await sipp.messages()).filter((m) => m.kind === 'received').map((m) => m.method);
     assert.ok(received.includes('BYE'), `SIPp saw ${received.join(',')}`);
+  });
+
+  it('bridges a call to a SIP peer over TCP', async () => {
+    const { gw, sipp, phone } = await setup({ scenario: 'uas-answer', transport: 'tcp', rtpEcho: true, calls: 1, traceMsg: true });
+    const call = phone.call('sip:1000@127.0.0.1');
+    await call.established;
+    const sending = call.startSendingPcmu({ count: 60, intervalMs: 20 });
+    await call.waitForRtp(40, 10_000);
+    await sending;
+    assert.equal(gw.stats().sipRetransmissions, 0, 'nothing is retransmitted over TCP');
+    await call.hangup();
+    const done = await sipp.done;
+    assert.equal(done.code, 0, done.errors);
+    const received = (await sipp.messages()).filter((m) => m.kind === 'received').map((m) => `${m.transport}:${m.method}`);
+    assert.ok(received.some((r) => /tcp:BYE/i.test(r)), `SIPp saw ${received.join(',')}`);
   });
 
   it('SIPp hangs up: the client receives BYE and the gateway ends clean', async () => {
