@@ -2,6 +2,7 @@ import { SafeEmitter } from '../src/util/safe-emitter.js';
 import type { InboundCall, LegEnd, LegEvents, LegState, TerminateOptions } from './backend.js';
 import { Dialog } from './dialog.js';
 import { randomToken, type ParsedRequest, type ParsedResponse } from './message.js';
+import { handleInDialogRequest, sendBye } from './in-dialog.js';
 import type { DialogOwner, FlowBound, StackContext } from './stack-context.js';
 import type { ServerTransaction } from './transactions.js';
 import type { Flow } from './transport/flow.js';
@@ -115,16 +116,7 @@ export class InboundCallLeg extends SafeEmitter<LegEvents> implements InboundCal
   }
 
   #sendBye(reasonHeader?: string): void {
-    const d = this.#dialog;
-    if (!d) return;
-    try {
-      const { text, branch } = d.request('BYE', (b) => this.#ctx.via(d.flow, b), this.#ctx.contact(d.flow), {
-        headers: reasonHeader ? [`Reason: ${reasonHeader}`] : [],
-      });
-      this.#ctx.sendRequest(d.flow, 'BYE', branch, text).start();
-    } catch (err) {
-      this.#ctx.log.debug({ err, callId: this.callId }, 'BYE not sent');
-    }
+    if (this.#dialog) sendBye(this.#ctx, this.#dialog, reasonHeader);
   }
 
   #end(end: LegEnd): void {
@@ -135,25 +127,5 @@ export class InboundCallLeg extends SafeEmitter<LegEvents> implements InboundCal
     if (this.#flow.reliable) this.#ctx.unbindFlow(this.#flow, this);
     this.safeEmit('ended', end);
     this.removeAllListeners('progress').removeAllListeners('answered').removeAllListeners('confirmed');
-  }
-}
-
-/** What both leg kinds do with requests inside an established dialog. */
-export function handleInDialogRequest(ctx: StackContext, req: ParsedRequest, txn: ServerTransaction, onBye: () => void): void {
-  switch (req.method) {
-    case 'BYE':
-      ctx.respond(txn, 200);
-      onBye();
-      return;
-    case 'OPTIONS':
-    case 'INFO':
-      ctx.respond(txn, 200);
-      return;
-    case 'INVITE':
-      // Session changes (hold, codec change) are not negotiated yet: refuse, the session stays as it is.
-      ctx.respond(txn, 488, { reason: 'Not Acceptable Here' });
-      return;
-    default:
-      ctx.respond(txn, 501, { headers: ['Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO'] });
   }
 }

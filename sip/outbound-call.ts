@@ -1,7 +1,7 @@
 import { SafeEmitter } from '../src/util/safe-emitter.js';
 import type { LegEnd, LegEvents, LegState, OutboundCall, OutboundCallOptions, TerminateOptions } from './backend.js';
 import { Dialog } from './dialog.js';
-import { handleInDialogRequest } from './inbound-call.js';
+import { handleInDialogRequest, sendBye } from './in-dialog.js';
 import { buildRequest, newBranch, randomToken, type ParsedRequest, type ParsedResponse } from './message.js';
 import type { DialogOwner, StackContext } from './stack-context.js';
 import type { ClientTransaction, ServerTransaction } from './transactions.js';
@@ -151,14 +151,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
   }
 
   #sendBye(dialog: Dialog, reasonHeader?: string): void {
-    try {
-      const { text, branch } = dialog.request('BYE', (b) => this.#ctx.via(dialog.flow, b), this.#ctx.contact(dialog.flow), {
-        headers: reasonHeader ? [`Reason: ${reasonHeader}`] : [],
-      });
-      this.#ctx.sendRequest(dialog.flow, 'BYE', branch, text).start();
-    } catch (err) {
-      this.#ctx.log.debug({ err, callId: this.callId }, 'BYE not sent');
-    }
+    sendBye(this.#ctx, dialog, reasonHeader);
   }
 
   onRequest(req: ParsedRequest, txn: ServerTransaction): void {
