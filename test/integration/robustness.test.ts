@@ -132,6 +132,20 @@ describe('robustness: loss, races, bad input, garbage collection', function () {
     assert.equal(g.stats().sipDialogs, 0);
   });
 
+  it('ends cleanly when SIPp hangs up while the gateway is still setting up WebRTC', async () => {
+    sipp = await startSipp({ scenario: 'uas-answer-then-bye', calls: 5, keys: { hold_ms: '0' } });
+    gw = await startGateway({ trunkPort: sipp.port });
+    const phone = await connect(gw);
+    for (let i = 0; i < 5; i++) {
+      const call = phone.call('sip:1000@127.0.0.1');
+      // Established or not, depending on who wins the race; either way the call must end cleanly.
+      await call.established.catch(() => undefined);
+      await call.waitTerminated(15_000);
+    }
+    await assertClean(gw);
+    assert.equal(gw.stats().totalCalls, 5);
+  });
+
   it('lets ended calls be garbage-collected (no reference cycle keeps them)', async function () {
     if (typeof globalThis.gc !== 'function') this.skip();
     sipp = await startSipp({ scenario: 'uas-answer', rtpEcho: true, calls: 3 });

@@ -81,16 +81,20 @@ export interface SippResult {
 
 export interface SippMessage {
   /**
-   * sent / received: as on the wire. SIPp logs a message it then drops for
-   * -lost as received (and adds a separate 'lost' entry with no text).
-   * unexpected: a received message that matched no scenario step (it is
-   * also logged as received). dead-call: one for a call already ended.
+   * sent / received: as on the wire. unexpected: a received message that
+   * matched no scenario step (SIPp logs it as received too). dead-call: one
+   * for a call already ended (also logged as received).
    */
-  kind: 'sent' | 'received' | 'unexpected' | 'dead-call' | 'lost' | 'other';
+  kind: 'sent' | 'received' | 'unexpected' | 'dead-call' | 'other';
+  /**
+   * Dropped by SIPp for -lost: a received one is in the log (SIPp then
+   * ignored it); a sent one never left and has no text.
+   */
+  lost: boolean;
   transport: string;
   /** As SIPp logs it: "2026-01-01 12:00:00.123456". */
   time: string;
-  /** The SIP message, lines joined with \r\n; '' for 'lost'. */
+  /** The SIP message, lines joined with \r\n ('' for a lost send). */
   text: string;
   method?: string;
   status?: number;
@@ -152,7 +156,7 @@ const SCENARIO_DEFAULTS: Readonly<Record<SippScenarioName, ScenarioDefaults>> = 
       return { status, reason: SIPP_REJECT_REASONS[status] ?? 'Rejected' };
     },
   },
-  'uas-ring-no-answer': { keys: (o) => ({ linger_ms: lingerMs(o) }) },
+  'uas-ring-no-answer': { keys: (o) => ({ linger: o.transport !== 'tcp' && (o.lost ?? 0) > 0 ? '1' : '0' }) },
   // -nd: nothing at all may be sent, not even for a call SIPp aborts.
   'uas-silent': { keys: () => ({ silent_ms: '5000' }), args: ['-nd'] },
   'uac-self-test': { keys: (o) => ({ mode: 'answer', hold_ms: '500', linger_ms: lingerMs(o) }) },
@@ -380,8 +384,12 @@ function parseStats(csv: string): SippStats | null {
   };
 }
 
-// Not anchored: SIPp writes "UDP message lost (recv)." with no newline before the next one.
+// Not anchored: SIPp appends its "-lost" notes ("UDP message lost (recv).",
+// "UDP message voluntary lost (while sending).") to the entry before, with
+// no newline ahead of the next separator.
 const SEPARATOR = /-{47} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\n/g;
+const LOST_RECV = /^(\w+) message (?:\(retrans\) )?lost \(recv\)\.\s*$/m;
+const LOST_SEND = /^(\w+) message voluntary lost \(while sending\)\.\s*$/gm;
 
 /** Parses SIPp's -trace_msg log: entries start with a dashed line and a timestamp. */
 export function parseSippMessageLog(log: string): SippMessage[] {
@@ -390,7 +398,11 @@ export function parseSippMessageLog(log: string): SippMessage[] {
   const parts = log.replace(/\r\n/g, '\n').split(SEPARATOR);
   for (let i = 1; i + 1 < parts.length; i += 2) {
     const time = parts[i]!;
-    const body = parts[i + 1]!;
+    let body = parts[i + 1]!;
+    const lostSends = [...body.matchAll(LOST_SEND)].map((m) => m[1]!);
+    body = body.replace(LOST_SEND, '');
+    const lost = LOST_RECV.test(body);
+    body = body.replace(LOST_RECV, '');
     const nl = body.indexOf('\n');
     const header = nl < 0 ? body : body.slice(0, nl);
     const rest = nl < 0 ? '' : body.slice(nl + 1);
@@ -398,12 +410,12 @@ export function parseSippMessageLog(log: string): SippMessage[] {
     let kind: SippMessage['kind'];
     if (/^Unexpected \w+ message received/.test(header)) kind = 'unexpected';
     else if (/^Dead call/.test(header)) kind = 'dead-call';
-    else if (/lost/.test(header)) kind = 'lost';
     else if (/^\w+ message sent/.test(header)) kind = 'sent';
     else if (/^\w+ message received/.test(header)) kind = 'received';
     else kind = 'other';
-    const text = kind === 'lost' ? '' : rest.replace(/^\n+/, '').replace(/\n+$/, '\n').replace(/\n/g, '\r\n');
-    out.push({ kind, transport, time, text, ...describe(text) });
+    const text = rest.replace(/^\n+/, '').replace(/\n+$/, '\n').replace(/\n/g, '\r\n');
+    out.push({ kind, lost, transport, time, text, ...describe(text) });
+    for (const t of lostSends) out.push({ kind: 'sent', lost: true, transport: t, time, text: '' });
   }
   return out;
 }
