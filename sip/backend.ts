@@ -70,8 +70,8 @@ export interface InboundCall extends SipCallLeg {
   progress(status: number, reason?: string): void;
   /** Sends 200 OK with the SDP answer; `confirmed` follows on ACK, `ended` with `no-ack` otherwise. */
   accept(sdp: string): void;
-  /** Sends a final non-2xx response; the leg ends with cause `local`. */
-  reject(status: number, reason?: string): void;
+  /** Sends a final non-2xx response (with extra header lines, e.g. Retry-After); the leg ends with cause `local`. */
+  reject(status: number, reason?: string, headers?: string[]): void;
 }
 
 export interface OutboundCallOptions {
@@ -92,6 +92,12 @@ export interface SipBackendStats {
   transactions: number;
   dialogs: number;
   retransmissions: number;
+}
+
+/** Hooks for metrics; the SIP layer knows nothing of Prometheus. */
+export interface SipObserver {
+  /** `label` is the method of a request or the status code of a response. */
+  message(direction: 'in' | 'out', kind: 'request' | 'response', label: string): void;
 }
 
 export type SipBackendEvents = {

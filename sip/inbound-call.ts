@@ -73,10 +73,10 @@ export class InboundCallLeg extends SafeEmitter<LegEvents> implements InboundCal
     });
   }
 
-  reject(status: number, reason?: string): void {
+  reject(status: number, reason?: string, headers?: string[]): void {
     if (this.#ended || this.#txn.hasFinalResponse) return;
     if (status < 300 || status > 699) throw new TypeError(`not a final error status: ${status}`);
-    this.#ctx.respond(this.#txn, status, { reason, toTag: this.#localTag });
+    this.#ctx.respond(this.#txn, status, { reason, toTag: this.#localTag, ...(headers ? { headers } : {}) });
     this.#end({ cause: 'local', status, reason });
   }
 

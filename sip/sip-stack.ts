@@ -1,7 +1,7 @@
 import type http from 'node:http';
 import type { Logger } from 'pino';
 import { SafeEmitter } from '../src/util/safe-emitter.js';
-import type { OutboundCall, OutboundCallOptions, SipBackend, SipBackendEvents, SipBackendStats } from './backend.js';
+import type { OutboundCall, OutboundCallOptions, SipBackend, SipBackendEvents, SipBackendStats, SipObserver } from './backend.js';
 import { Dialog } from './dialog.js';
 import { InboundCallLeg } from './inbound-call.js';
 import { buildResponse, parseSipMessage, randomToken, type ParsedRequest, type ParsedResponse, type ResponseOptions } from './message.js';
@@ -27,6 +27,7 @@ export interface SipStackOptions {
   announceAddress?: string;
   timers?: Partial<SipTimers>;
   userAgent?: string;
+  observer?: SipObserver;
   log: Logger;
 }
 
@@ -79,6 +80,13 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
     t.on('message', (data, flow) => this.#onMessage(data, flow));
     t.on('flowClosed', (flow) => this.#onFlowClosed(flow));
     t.on('error', (err) => this.#log.warn({ err, transport: t.kind }, 'SIP transport error'));
+    const observer = this.#opts.observer;
+    if (observer) {
+      t.on('sent', (data) => {
+        if (data.startsWith('SIP/2.0 ')) observer.message('out', 'response', data.slice(8, 11));
+        else observer.message('out', 'request', data.slice(0, data.indexOf(' ')));
+      });
+    }
     this.#log.info({ transport: t.kind, ...t.local }, 'SIP transport listening');
   }
 
@@ -113,6 +121,7 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
       }
       return;
     }
+    this.#opts.observer?.message('in', p.kind, p.kind === 'request' ? p.method : String(p.status));
     try {
       if (p.kind === 'request') this.#onRequest(p, flow);
       else this.#onResponse(p);

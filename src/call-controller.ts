@@ -1,8 +1,12 @@
 import type { Logger } from 'pino';
 import type { InboundCall, SipBackend } from '../sip/backend.js';
 import type { PortAllocator } from '../webrtc/port-allocator.js';
-import { Call, type CallDeps } from './call.js';
+import { Call, type CallDeps, type CallInfo } from './call.js';
 import type { GatewayConfig } from './config.js';
+import type { GatewayMetrics } from './metrics.js';
+
+/** How often live calls are checked for media timeouts and ports for orphans. */
+const SWEEP_INTERVAL_MS = 1000;
 
 /**
  * The B2BUA: turns each INVITE from a softphone into a Call toward the trunk, and owns every
@@ -10,13 +14,18 @@ import type { GatewayConfig } from './config.js';
  */
 export class CallController {
   #calls = new Map<string, Call>();
+  /** Recently ended calls for the admin API, oldest first, bounded in count and age. */
+  #ended: CallInfo[] = [];
   #deps: Omit<CallDeps, 'log'>;
   #log: Logger;
-  #maxCalls: number;
+  #config: GatewayConfig;
+  #metrics: GatewayMetrics | undefined;
+  #sweeper: NodeJS.Timeout;
+  #draining = false;
   #closing = false;
   totalCalls = 0;
 
-  constructor(opts: { sip: SipBackend; rtpPorts: PortAllocator; webrtcPorts: PortAllocator; config: GatewayConfig; log: Logger }) {
+  constructor(opts: { sip: SipBackend; rtpPorts: PortAllocator; webrtcPorts: PortAllocator; config: GatewayConfig; log: Logger; metrics?: GatewayMetrics }) {
     const { config } = opts;
     const trunk = config.trunks[0]!;
     this.#deps = {
@@ -31,13 +40,20 @@ export class CallController {
         webrtcSetupTimeoutMs: config.media.webrtcSetupTimeoutMs,
       },
     };
+    this.#config = config;
     this.#log = opts.log;
-    this.#maxCalls = config.calls.maxConcurrent;
+    this.#metrics = opts.metrics;
     opts.sip.on('invite', (inbound) => this.#onInvite(inbound));
+    this.#sweeper = setInterval(() => void this.#sweep(), Math.min(SWEEP_INTERVAL_MS, config.media.rtpTimeoutMs / 2, config.media.noMediaTimeoutMs / 2));
+    this.#sweeper.unref();
   }
 
   get size(): number {
     return this.#calls.size;
+  }
+
+  get draining(): boolean {
+    return this.#draining;
   }
 
   calls(): Call[] {
@@ -48,31 +64,100 @@ export class CallController {
     return this.#calls.get(id);
   }
 
+  /** Live calls first, then recently ended ones (newest first). */
+  list(): CallInfo[] {
+    this.#pruneEnded();
+    return [...this.calls().map((c) => c.info()), ...[...this.#ended].reverse()];
+  }
+
+  find(id: string): CallInfo | undefined {
+    this.#pruneEnded();
+    return this.#calls.get(id)?.info() ?? this.#ended.find((c) => c.id === id);
+  }
+
   #onInvite(inbound: InboundCall): void {
     // Only WebSocket softphones place calls toward the trunk in this version.
     if (inbound.source.transport !== 'ws') {
       inbound.reject(403, 'Forbidden (calls from SIP peers are not routed yet)');
       return;
     }
-    if (this.#closing) {
-      inbound.reject(503, 'Service Unavailable (shutting down)');
+    if (this.#draining || this.#closing) {
+      inbound.reject(503, 'Service Unavailable (shutting down)', ['Retry-After: 30']);
       return;
     }
-    if (this.#calls.size >= this.#maxCalls) {
+    if (this.#calls.size >= this.#config.calls.maxConcurrent) {
       inbound.reject(503, 'Service Unavailable (call limit)');
       return;
     }
     const call = new Call(inbound, { ...this.#deps, log: this.#log });
     this.#calls.set(call.id, call);
     this.totalCalls++;
-    call.once('@close', () => this.#calls.delete(call.id));
+    call.once('answered', (setupMs) => this.#metrics?.callSetup.observe({ direction: 'outbound' }, setupMs / 1000));
+    call.once('@close', () => {
+      this.#calls.delete(call.id);
+      const info = call.info();
+      this.#metrics?.callsTotal.inc({ direction: 'outbound', end_reason: info.endReason?.cause ?? 'unknown' });
+      if (this.#config.calls.keepEndedMax > 0 && this.#config.calls.keepEndedMs > 0) {
+        this.#ended.push(info);
+        this.#pruneEnded();
+      }
+    });
     call.log.info({ from: inbound.fromUser, to: inbound.toUser, source: `${inbound.source.address}:${inbound.source.port}` }, 'call from softphone');
     void call.run();
+  }
+
+  #pruneEnded(now = Date.now()): void {
+    const { keepEndedMs, keepEndedMax } = this.#config.calls;
+    while (this.#ended.length > keepEndedMax) this.#ended.shift();
+    while (this.#ended.length > 0 && now - Date.parse(this.#ended[0]!.endedAt ?? '') > keepEndedMs) this.#ended.shift();
+  }
+
+  /**
+   * Ends answered calls whose media stopped (RTP and RTCP silent both ways for rtpTimeoutMs) or
+   * never started (nothing within noMediaTimeoutMs of answer), and reclaims any port that no live
+   * call owns.
+   */
+  async #sweep(now = Date.now()): Promise<void> {
+    const { rtpTimeoutMs, noMediaTimeoutMs } = this.#config.media;
+    for (const call of this.#calls.values()) {
+      const answeredAt = call.answeredAt;
+      if (answeredAt === undefined || call.closed) continue;
+      const last = call.lastMediaAt;
+      if (last === undefined && now - answeredAt >= noMediaTimeoutMs) void call.hangup('no-media', 408);
+      else if (last !== undefined && now - last >= rtpTimeoutMs) void call.hangup('media-timeout', 408);
+    }
+    this.#pruneEnded(now);
+    const isLive = (owner: { callId: string }) => this.#calls.has(owner.callId);
+    // A lease is only orphaned by a bug; give setup time to finish before calling it one.
+    const minAge = this.#config.media.webrtcSetupTimeoutMs + 5000;
+    for (const [name, ports] of [['rtp', this.#deps.rtpPorts], ['webrtc', this.#deps.webrtcPorts]] as const) {
+      const reclaimed = await ports.reclaimOrphans(isLive, minAge, now).catch(() => []);
+      if (reclaimed.length > 0) this.#log.error({ range: name, ports: reclaimed }, 'reclaimed ports that no live call owned');
+    }
+  }
+
+  /** Stops taking calls (503), waits up to `drainMs` for calls in progress to end, then ends the rest. */
+  async drain(drainMs: number): Promise<void> {
+    this.#draining = true;
+    if (this.#calls.size > 0) {
+      this.#log.info({ calls: this.#calls.size, drainMs }, 'draining calls');
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(done, drainMs);
+        const check = setInterval(() => this.#calls.size === 0 && done(), 100);
+        function done() {
+          clearTimeout(timer);
+          clearInterval(check);
+          resolve();
+        }
+      });
+    }
+    await this.close();
   }
 
   /** Ends every call; one failing close never stops the others. */
   async close(): Promise<void> {
     this.#closing = true;
+    clearInterval(this.#sweeper);
     await Promise.allSettled(this.calls().map((c) => c.hangup('shutdown')));
   }
 }

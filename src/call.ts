@@ -26,18 +26,39 @@ export interface CallDeps {
   log: Logger;
 }
 
-export interface CallSummary {
+export interface MediaCounters {
+  packetsIn: number;
+  packetsOut: number;
+}
+
+/** What the admin API and the end-of-call log line show about a call. */
+export interface CallInfo {
   id: string;
+  /** Calls from browsers toward SIP peers are `outbound`. */
+  direction: 'outbound';
   state: CallState;
-  startedAt: number;
-  answeredAt?: number;
-  endedAt?: number;
+  startedAt: string;
+  answeredAt?: string;
+  endedAt?: string;
+  durationMs?: number;
   endReason?: CallEndReason;
   codec?: string;
-  inboundCallId: string;
-  outboundCallId?: string;
-  packets?: { toSip: number; toBrowser: number; droppedToSip: number; droppedToBrowser: number };
-  peerConnection?: string;
+  legs: {
+    browser: {
+      callId: string;
+      state: string;
+      user: string;
+      source: string;
+      media?: MediaCounters & { localPorts: number[]; connectionState: string };
+    };
+    sip: {
+      callId?: string;
+      state?: string;
+      target: string;
+      media?: MediaCounters & { localPorts: number[]; remote?: string; bytesIn: number; bytesOut: number; rtcpIn: number };
+    };
+  };
+  relay?: { toSip: { packets: number; dropped: number; lost: number }; toBrowser: { packets: number; dropped: number; lost: number } };
 }
 
 let nextCallNumber = 1;
@@ -47,7 +68,7 @@ let nextCallNumber = 1;
  * ports, and the relay between them. The Call owns all of them; any terminal event of any part
  * ends the whole call exactly once, whatever media was negotiated.
  */
-export class Call extends SafeEmitter<{ '@close': [] }> {
+export class Call extends SafeEmitter<{ '@close': []; answered: [setupMs: number] }> {
   readonly id: string;
   log: Logger;
   readonly startedAt = Date.now();
@@ -62,6 +83,7 @@ export class Call extends SafeEmitter<{ '@close': [] }> {
   #relay: MediaRelay | undefined;
   #rtp: RtpEndpoint | undefined;
   #webrtc: WebRtcEndpoint | undefined;
+  #webrtcPorts: number[] = [];
   /** Closers of everything the call acquired, run in reverse on teardown. */
   #resources: Array<() => Promise<void> | void> = [];
   #disposer = new Disposer();
@@ -137,6 +159,7 @@ export class Call extends SafeEmitter<{ '@close': [] }> {
     // werift refuses a one-port icePortRange, so each PeerConnection reserves two and binds the first free.
     const lease: PortLease = await d.webrtcPorts.allocate({ callId: this.id, leg: 'browser' }, ['webrtc', 'webrtc'], { bind: false });
     if (!this.#own(() => lease.release())) return;
+    this.#webrtcPorts = lease.ports;
     const webrtc = await WebRtcEndpoint.create({
       offer: this.#inbound.offer,
       codec: media.codec,
@@ -150,11 +173,16 @@ export class Call extends SafeEmitter<{ '@close': [] }> {
     // Registered before the state check: a call that ended meanwhile closes it right here.
     if (!this.#own(() => webrtc.close())) return;
     this.#webrtc = webrtc;
+    if (lease.ports.includes(webrtc.localPort)) lease.keepOnly(webrtc.localPort);
+    this.#webrtcPorts = lease.ports;
+    // The port's state (allocated -> active) follows the browser's packets, as the SIP side's does.
+    this.#disposer.on(webrtc, 'rtp', (p: { payload: Buffer }) => lease.touch(0, p.payload.length + 12));
     this.#disposer.on(webrtc, 'failed', (reason: string) => void this.#teardown({ by: 'browser', cause: 'webrtc-failed', status: 500 }, reason));
     this.#relay = new MediaRelay(webrtc, this.#rtp!, media);
     this.#inbound.accept(webrtc.answer);
     this.#state = 'answered';
     this.#answeredAt = Date.now();
+    this.safeEmit('answered', this.#answeredAt - this.startedAt);
     this.log.info({ codec: media.codec.name, sip: `${media.sip.address}:${media.sip.port}`, setupMs: this.#answeredAt - this.startedAt }, 'call answered');
   }
 
@@ -176,8 +204,8 @@ export class Call extends SafeEmitter<{ '@close': [] }> {
   }
 
   /** Hangs the call up from the gateway side (admin, shutdown). */
-  hangup(cause = 'hangup'): Promise<void> {
-    return this.#teardown({ by: 'gateway', cause });
+  hangup(cause = 'hangup', status?: number): Promise<void> {
+    return this.#teardown({ by: 'gateway', cause, ...(status ? { status } : {}) });
   }
 
   /**
@@ -215,30 +243,70 @@ export class Call extends SafeEmitter<{ '@close': [] }> {
   }
 
   private summaryLogFields(detail?: string): Record<string, unknown> {
-    const s = this.summary();
+    const i = this.info();
     return {
-      endReason: s.endReason,
+      endReason: i.endReason,
       ...(detail ? { detail } : {}),
-      durationMs: (s.endedAt ?? Date.now()) - (s.answeredAt ?? s.endedAt ?? Date.now()),
-      codec: s.codec,
-      packets: s.packets,
+      durationMs: i.durationMs ?? 0,
+      setupMs: this.#answeredAt ? this.#answeredAt - this.startedAt : undefined,
+      codec: i.codec,
+      relay: i.relay,
     };
   }
 
-  summary(): CallSummary {
-    const st = this.#relay?.stats;
+  get answeredAt(): number | undefined {
+    return this.#answeredAt;
+  }
+
+  /** The latest RTP or RTCP seen from either side since answer (undefined: none yet). */
+  get lastMediaAt(): number | undefined {
+    const times = [this.#rtp?.lastPacketAt, this.#rtp?.lastRtcpAt, this.#webrtc?.lastPacketAt, this.#webrtc?.lastRtcpAt].filter((t): t is number => t !== undefined);
+    return times.length > 0 ? Math.max(...times) : undefined;
+  }
+
+  info(): CallInfo {
+    const iso = (t: number | undefined) => (t ? new Date(t).toISOString() : undefined);
+    const rtp = this.#rtp;
+    const webrtc = this.#webrtc;
+    const remote = rtp?.remote;
+    const t = this.#deps.trunk;
     return {
       id: this.id,
+      direction: 'outbound',
       state: this.#state,
-      startedAt: this.startedAt,
-      ...(this.#answeredAt ? { answeredAt: this.#answeredAt } : {}),
-      ...(this.#endedAt ? { endedAt: this.#endedAt } : {}),
+      startedAt: iso(this.startedAt)!,
+      ...(this.#answeredAt ? { answeredAt: iso(this.#answeredAt) } : {}),
+      ...(this.#endedAt ? { endedAt: iso(this.#endedAt) } : {}),
+      ...(this.#answeredAt ? { durationMs: (this.#endedAt ?? Date.now()) - this.#answeredAt } : {}),
       ...(this.#endReason ? { endReason: this.#endReason } : {}),
       ...(this.#media ? { codec: this.#media.codec.name } : {}),
-      inboundCallId: this.#inbound.callId,
-      ...(this.#outbound ? { outboundCallId: this.#outbound.callId } : {}),
-      ...(this.#webrtc ? { peerConnection: this.#webrtc.connectionState } : {}),
-      ...(st ? { packets: { toSip: st.toSip.packets, toBrowser: st.toBrowser.packets, droppedToSip: st.toSip.dropped, droppedToBrowser: st.toBrowser.dropped } } : {}),
+      legs: {
+        browser: {
+          callId: this.#inbound.callId,
+          state: this.#inbound.state,
+          user: this.#inbound.fromUser,
+          source: `${this.#inbound.source.transport}:${this.#inbound.source.address}:${this.#inbound.source.port}`,
+          ...(webrtc ? { media: { localPorts: this.#webrtcPorts, connectionState: webrtc.connectionState, packetsIn: webrtc.packetsIn, packetsOut: webrtc.packetsOut } } : {}),
+        },
+        sip: {
+          ...(this.#outbound ? { callId: this.#outbound.callId, state: this.#outbound.state } : {}),
+          target: `${t.transport}:${t.host}:${t.port}`,
+          ...(rtp
+            ? {
+                media: {
+                  localPorts: rtp.lease.ports,
+                  ...(remote ? { remote: `${remote.address}:${remote.port}` } : {}),
+                  packetsIn: rtp.packetsIn,
+                  packetsOut: rtp.packetsOut,
+                  bytesIn: rtp.bytesIn,
+                  bytesOut: rtp.bytesOut,
+                  rtcpIn: rtp.rtcpIn,
+                },
+              }
+            : {}),
+        },
+      },
+      ...(this.#relay ? { relay: this.#relay.stats } : {}),
     };
   }
 }

@@ -3,6 +3,10 @@ import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { GatewayError } from './util/errors.js';
 
+function isLoopback(h: string): boolean {
+  return h === 'localhost' || h === '::1' || /^127\./.test(h);
+}
+
 const host = z.string().min(1).refine((s) => !/\s/.test(s), 'must be a host name or IP address');
 const port = z.number().int().min(0).max(65535);
 const range = z
@@ -28,8 +32,24 @@ export const configSchema = z.strictObject({
     webrtcPorts: range,
     codecs: z.array(z.enum(['pcmu', 'pcma', 'g722', 'opus'])).min(1).default(['pcmu', 'pcma', 'g722', 'opus']),
     webrtcSetupTimeoutMs: z.number().int().min(100).max(60_000).default(10_000),
+    /** An answered call whose RTP and RTCP stop in both directions for this long is ended (rtpengine's default). */
+    rtpTimeoutMs: z.number().int().min(100).max(3_600_000).default(60_000),
+    /** An answered call that never receives any media in this time is ended and its ports reclaimed. */
+    noMediaTimeoutMs: z.number().int().min(100).max(3_600_000).default(30_000),
   }),
-  calls: z.strictObject({ maxConcurrent: z.number().int().min(1).max(100_000) }).default({ maxConcurrent: 500 }),
+  calls: z
+    .strictObject({
+      maxConcurrent: z.number().int().min(1).max(100_000).default(500),
+      /** How long ended calls stay visible in the admin API. */
+      keepEndedMs: z.number().int().min(0).max(86_400_000).default(300_000),
+      keepEndedMax: z.number().int().min(0).max(100_000).default(1000),
+    })
+    .prefault({}),
+  admin: z
+    .strictObject({ host: host.default('127.0.0.1'), port: port.default(8089), token: z.string().min(16, 'must be at least 16 characters').optional() })
+    .prefault({})
+    .refine((a) => a.token !== undefined || isLoopback(a.host), { message: 'a token is required when the admin API listens on a non-loopback address', path: ['token'] }),
+  shutdown: z.strictObject({ drainMs: z.number().int().min(0).max(3_600_000).default(30_000) }).prefault({}),
   trunks: z
     .array(z.strictObject({ name: z.string().min(1), host, port: z.number().int().min(1).max(65535), transport: z.enum(['udp', 'tcp']) }))
     .min(1),

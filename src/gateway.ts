@@ -3,9 +3,11 @@ import type { Logger } from 'pino';
 import { SipStack } from '../sip/sip-stack.js';
 import { PortAllocator } from '../webrtc/port-allocator.js';
 import { peerConnectionCounter } from '../webrtc/webrtc-endpoint.js';
+import { AdminApi } from './admin-api.js';
 import { CallController } from './call-controller.js';
 import type { GatewayConfig } from './config.js';
 import { createLogger } from './logger.js';
+import { GatewayMetrics } from './metrics.js';
 
 export interface GatewayStats {
   calls: number;
@@ -25,18 +27,23 @@ export class Gateway {
   readonly log: Logger;
   readonly rtpPorts: PortAllocator;
   readonly webrtcPorts: PortAllocator;
+  readonly metrics: GatewayMetrics;
+  readonly config: GatewayConfig;
   #http: http.Server;
   #sip: SipStack;
   #controller: CallController;
+  #admin: AdminApi | undefined;
   #closing: Promise<void> | undefined;
 
-  private constructor(config: GatewayConfig, log: Logger, httpServer: http.Server, sip: SipStack, rtpPorts: PortAllocator, webrtcPorts: PortAllocator) {
+  private constructor(config: GatewayConfig, log: Logger, httpServer: http.Server, sip: SipStack, rtpPorts: PortAllocator, webrtcPorts: PortAllocator, metrics: GatewayMetrics) {
     this.log = log;
+    this.config = config;
     this.#http = httpServer;
     this.#sip = sip;
     this.rtpPorts = rtpPorts;
     this.webrtcPorts = webrtcPorts;
-    this.#controller = new CallController({ sip, rtpPorts, webrtcPorts, config, log });
+    this.metrics = metrics;
+    this.#controller = new CallController({ sip, rtpPorts, webrtcPorts, config, log, metrics });
   }
 
   static async start(config: GatewayConfig, log: Logger = createLogger(config.log.level)): Promise<Gateway> {
@@ -57,6 +64,16 @@ export class Gateway {
         resolve();
       });
     });
+    // Gauges read the live objects at scrape time; `gw` is set before any scrape can happen.
+    let gw: Gateway | undefined;
+    const metrics = new GatewayMetrics({
+      callsActive: () => gw?.controller.size ?? 0,
+      ports: () => ({ rtp: { inUse: rtpPorts.inUse, free: rtpPorts.free }, webrtc: { inUse: webrtcPorts.inUse, free: webrtcPorts.free } }),
+      peerConnections: () => peerConnectionCounter.open,
+      wsConnections: () => gw?.sip.wsConnections ?? 0,
+      registrations: () => 0,
+      sipRetransmissions: () => gw?.sip.stats().retransmissions ?? 0,
+    });
     let sip: SipStack;
     try {
       sip = await SipStack.create({
@@ -65,15 +82,29 @@ export class Gateway {
         announceAddress: config.media.announceAddress,
         timers: config.sip.timers,
         ...(config.sip.userAgent ? { userAgent: config.sip.userAgent } : {}),
+        observer: metrics.sipObserver,
         log: log.child({ component: 'sip' }),
       });
     } catch (err) {
       await new Promise<void>((resolve) => server.close(() => resolve()));
       throw err;
     }
-    const gw = new Gateway(config, log, server, sip, rtpPorts, webrtcPorts);
-    const a = server.address();
-    log.info({ http: a, sip: config.sip.listen.map((l) => sip.address(l.transport)) }, 'gateway started');
+    gw = new Gateway(config, log, server, sip, rtpPorts, webrtcPorts, metrics);
+    try {
+      gw.#admin = await AdminApi.start({
+        config,
+        controller: gw.#controller,
+        rtpPorts,
+        webrtcPorts,
+        metrics,
+        ready: () => (gw!.#controller.draining ? { ready: false, reasons: ['draining'] } : { ready: true, reasons: [] }),
+        log: log.child({ component: 'admin' }),
+      });
+    } catch (err) {
+      await gw.close();
+      throw err;
+    }
+    log.info({ http: server.address(), admin: gw.#admin.address, sip: config.sip.listen.map((l) => sip.address(l.transport)) }, 'gateway started');
     return gw;
   }
 
@@ -89,6 +120,10 @@ export class Gateway {
   get httpAddress(): { address: string; port: number } {
     const a = this.#http.address();
     return a && typeof a === 'object' ? { address: a.address, port: a.port } : { address: '', port: 0 };
+  }
+
+  get adminAddress(): { address: string; port: number } {
+    return this.#admin?.address ?? { address: '', port: 0 };
   }
 
   sipAddress(transport: 'udp' | 'tcp'): { address: string; port: number } | undefined {
@@ -110,15 +145,32 @@ export class Gateway {
     };
   }
 
-  /** Ends every call, then closes the SIP stack and listeners. Idempotent. */
+  /**
+   * Graceful shutdown: new calls get 503 with Retry-After, calls in progress get up to `drainMs`
+   * to end by themselves, the rest are ended with BYE; then everything closes.
+   */
+  shutdown(drainMs = this.config.shutdown.drainMs): Promise<void> {
+    this.#closing ??= (async () => {
+      await this.#controller.drain(drainMs);
+      await this.#closeRest();
+    })();
+    return this.#closing;
+  }
+
+  /** Ends every call at once, then closes the SIP stack and listeners. Idempotent. */
   close(): Promise<void> {
     this.#closing ??= (async () => {
       await this.#controller.close();
-      await this.#sip.close();
-      this.#http.closeAllConnections();
-      await new Promise<void>((resolve) => this.#http.close(() => resolve()));
-      this.log.info('gateway stopped');
+      await this.#closeRest();
     })();
     return this.#closing;
+  }
+
+  async #closeRest(): Promise<void> {
+    await this.#admin?.close();
+    await this.#sip.close();
+    this.#http.closeAllConnections();
+    await new Promise<void>((resolve) => this.#http.close(() => resolve()));
+    this.log.info('gateway stopped');
   }
 }

@@ -39,7 +39,7 @@ async function main(): Promise<void> {
     if (stopping) process.exit(1); // a second signal: exit at once
     stopping = true;
     log.info({ signal }, 'stopping');
-    gateway.close().then(
+    gateway.shutdown(config.shutdown.drainMs).then(
       () => process.exit(0),
       (err: unknown) => {
         log.error({ err }, 'shutdown failed');

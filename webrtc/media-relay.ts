@@ -44,11 +44,39 @@ export class StreamRewriter {
   }
 }
 
+/** Packets lost on the way in, from sequence-number gaps (RFC 3550 A.3, simplified: per source, no wrap of cycles beyond 2^16 per source switch). */
+export class LossCounter {
+  #ssrc: number | undefined;
+  #base = 0;
+  #highest = 0;
+  #received = 0;
+  #lostBefore = 0;
+
+  add(ssrc: number, seq: number): void {
+    if (ssrc !== this.#ssrc) {
+      this.#lostBefore = this.lost;
+      this.#ssrc = ssrc;
+      this.#base = seq;
+      this.#highest = seq;
+      this.#received = 0;
+    } else {
+      const delta = (seq - (this.#highest & 0xffff)) & 0xffff;
+      if (delta > 0 && delta < 0x8000) this.#highest += delta;
+    }
+    this.#received++;
+  }
+
+  get lost(): number {
+    if (this.#ssrc === undefined) return this.#lostBefore;
+    return this.#lostBefore + Math.max(0, this.#highest - this.#base + 1 - this.#received);
+  }
+}
+
 export interface RelayStats {
-  /** Browser to SIP. */
-  toSip: { packets: number; dropped: number };
-  /** SIP to browser. */
-  toBrowser: { packets: number; dropped: number };
+  /** Browser to SIP; `lost` counts gaps in what the browser sent us. */
+  toSip: { packets: number; dropped: number; lost: number };
+  /** SIP to browser; `lost` counts gaps in what the SIP peer sent us. */
+  toBrowser: { packets: number; dropped: number; lost: number };
 }
 
 /**
@@ -56,8 +84,10 @@ export interface RelayStats {
  * mapping payload types per call and rewriting SSRC/sequence/timestamp per direction.
  */
 export class MediaRelay {
-  readonly stats: RelayStats = { toSip: { packets: 0, dropped: 0 }, toBrowser: { packets: 0, dropped: 0 } };
   #disposer = new Disposer();
+  #counts = { toSip: { packets: 0, dropped: 0 }, toBrowser: { packets: 0, dropped: 0 } };
+  #lossFromBrowser = new LossCounter();
+  #lossFromSip = new LossCounter();
   #toSip: StreamRewriter;
   #toBrowser: StreamRewriter;
 
@@ -73,27 +103,36 @@ export class MediaRelay {
     this.#disposer.on(rtp, 'rtp', (v: RtpView) => this.#fromSip(v));
   }
 
+  get stats(): RelayStats {
+    return {
+      toSip: { ...this.#counts.toSip, lost: this.#lossFromBrowser.lost },
+      toBrowser: { ...this.#counts.toBrowser, lost: this.#lossFromSip.lost },
+    };
+  }
+
   #fromBrowser(p: RtpPacket): void {
     const h = p.header;
+    this.#lossFromBrowser.add(h.ssrc, h.sequenceNumber);
     const m = this.media;
     let pt: number;
     if (h.payloadType === m.browserPt) pt = m.sipPt;
     else if (m.dtmf && h.payloadType === m.dtmf.browserPt) pt = m.dtmf.sipPt;
     else {
-      this.stats.toSip.dropped++; // CN, RED, anything not negotiated with the SIP side
+      this.#counts.toSip.dropped++; // CN, RED, anything not negotiated with the SIP side
       return;
     }
     const { seq, ts } = this.#toSip.rewrite(h.ssrc, h.sequenceNumber, h.timestamp);
-    this.stats.toSip.packets++;
+    this.#counts.toSip.packets++;
     this.rtp.send(serializeRtp({ payloadType: pt, marker: h.marker, sequenceNumber: seq, timestamp: ts, ssrc: this.#toSip.ssrc }, p.payload));
   }
 
   #fromSip(v: RtpView): void {
+    this.#lossFromSip.add(v.ssrc, v.sequenceNumber);
     const m = this.media;
     const isAudio = v.payloadType === m.sipPt;
     const isDtmf = !isAudio && m.dtmf !== undefined && v.payloadType === m.dtmf.sipPt;
     if (!isAudio && !isDtmf) {
-      this.stats.toBrowser.dropped++;
+      this.#counts.toBrowser.dropped++;
       return;
     }
     const { seq, ts } = this.#toBrowser.rewrite(v.ssrc, v.sequenceNumber, v.timestamp);
@@ -104,7 +143,7 @@ export class MediaRelay {
       timestamp: ts,
       ssrc: this.#toBrowser.ssrc,
     });
-    this.stats.toBrowser.packets++;
+    this.#counts.toBrowser.packets++;
     // The payload is a view into the socket's buffer: copy, werift may hold it past this tick.
     const payload = Buffer.from(v.payload);
     if (isAudio) this.webrtc.sendAudio(header, payload);

@@ -40,7 +40,7 @@ export class PortLease {
 
   constructor(
     private readonly allocator: PortAllocator,
-    readonly records: readonly PortRecord[],
+    public records: readonly PortRecord[],
     /** Bound sockets, in the order of `records` (empty for reservations). */
     readonly sockets: readonly dgram.Socket[],
   ) {}
@@ -63,6 +63,15 @@ export class PortLease {
     return this.#released !== undefined;
   }
 
+  /** For reservations (no sockets): gives back every port but `port` (the one the library bound). */
+  keepOnly(port: number): void {
+    if (this.sockets.length > 0 || this.#released) throw new TypeError('keepOnly() is for unbound, unreleased reservations');
+    const keep = this.records.filter((r) => r.port === port);
+    if (keep.length === 0) throw new TypeError(`port ${port} is not in this lease`);
+    this.allocator.forget(this.records.filter((r) => r.port !== port));
+    this.records = keep;
+  }
+
   release(): Promise<void> {
     this.#released ??= this.allocator.releaseLease(this);
     return this.#released;
@@ -79,6 +88,7 @@ export class PortAllocator {
   readonly max: number;
   #maxAttempts: number;
   #records = new Map<number, PortRecord>();
+  #leases = new Set<PortLease>();
   #cursor: number;
 
   constructor(opts: PortAllocatorOptions) {
@@ -132,7 +142,9 @@ export class PortAllocator {
           if (opts.bind) sockets.push(socket);
           else await closeUdp(socket);
         }
-        return new PortLease(this, records, sockets);
+        const lease = new PortLease(this, records, sockets);
+        this.#leases.add(lease);
+        return lease;
       } catch (err) {
         lastError = err;
         await Promise.allSettled(sockets.map(closeUdp));
@@ -162,11 +174,27 @@ export class PortAllocator {
     }
   }
 
+  /** Called by PortLease.keepOnly(): the ports were reserved, never bound. */
+  forget(records: readonly PortRecord[]): void {
+    for (const r of records) if (this.#records.get(r.port) === r) this.#records.delete(r.port);
+  }
+
   /** Called by PortLease.release(). */
   async releaseLease(lease: PortLease): Promise<void> {
     for (const r of lease.records) if (this.#records.get(r.port) === r) r.state = 'releasing';
     await Promise.allSettled(lease.sockets.map(closeUdp));
     for (const r of lease.records) if (this.#records.get(r.port) === r) this.#records.delete(r.port);
+    this.#leases.delete(lease);
+  }
+
+  /**
+   * Releases every lease whose owner `isLive` no longer recognises, once older than `minAgeMs`:
+   * an allocation nobody owns must not hold a port. Returns the ports reclaimed.
+   */
+  async reclaimOrphans(isLive: (owner: PortOwner) => boolean, minAgeMs: number, now = Date.now()): Promise<number[]> {
+    const orphans = [...this.#leases].filter((l) => !l.released && !isLive(l.records[0]!.owner) && now - l.records[0]!.allocatedAt >= minAgeMs);
+    await Promise.allSettled(orphans.map((l) => l.release()));
+    return orphans.flatMap((l) => l.ports);
   }
 }
 

@@ -66,7 +66,9 @@ export class RtpEndpoint extends SafeEmitter<RtpEndpointEvents> {
   bytesIn = 0;
   bytesOut = 0;
   rtcpIn = 0;
+  /** Last RTP from the SIP peer, and last RTCP (a peer on hold may send only RTCP). */
   lastPacketAt: number | undefined;
+  lastRtcpAt: number | undefined;
 
   constructor(
     readonly lease: PortLease,
@@ -89,12 +91,17 @@ export class RtpEndpoint extends SafeEmitter<RtpEndpointEvents> {
     rtcp?.on('message', (buf) => {
       lease.touch(1, buf.length);
       this.rtcpIn++;
+      this.lastRtcpAt = Date.now();
     });
     rtcp?.on('error', (err) => log.warn({ err }, 'RTCP socket error'));
   }
 
   get port(): number {
     return this.lease.ports[0]!;
+  }
+
+  get remote(): { address: string; port: number } | undefined {
+    return this.#remote;
   }
 
   setRemote(address: string, port: number): void {

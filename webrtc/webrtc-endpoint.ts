@@ -47,6 +47,8 @@ function codecParameters(c: Codec): RTCRtpCodecParameters {
  */
 export class WebRtcEndpoint extends SafeEmitter<WebRtcEndpointEvents> {
   readonly answer: string;
+  /** The UDP port werift bound (from our host candidate). */
+  readonly localPort: number;
   #pc: RTCPeerConnection;
   #transceiver: RTCRtpTransceiver;
   #disposer: Disposer;
@@ -55,12 +57,16 @@ export class WebRtcEndpoint extends SafeEmitter<WebRtcEndpointEvents> {
   #dtmfPt: number | undefined;
   packetsIn = 0;
   packetsOut = 0;
+  /** Last RTP or RTCP from the browser (ms since epoch): media liveness. */
+  lastPacketAt: number | undefined;
+  lastRtcpAt: number | undefined;
 
   private constructor(pc: RTCPeerConnection, transceiver: RTCRtpTransceiver, answer: string, disposer: Disposer, opts: WebRtcEndpointOptions) {
     super(opts.log);
     this.#pc = pc;
     this.#transceiver = transceiver;
     this.answer = answer;
+    this.localPort = Number(/^a=candidate:\S+ \d+ udp \d+ \S+ (\d+) typ host/im.exec(answer)?.[1] ?? 0);
     this.#disposer = disposer;
     this.#log = opts.log;
     this.#dtmfPt = opts.dtmfPt;
@@ -119,9 +125,14 @@ export class WebRtcEndpoint extends SafeEmitter<WebRtcEndpointEvents> {
     const pc = this.#pc;
     const sub = this.#transceiver.receiver.track.onReceiveRtp.subscribe((packet) => {
       this.packetsIn++;
+      this.lastPacketAt = Date.now();
       this.safeEmit('rtp', packet);
     });
     this.#disposer.add(() => sub.unSubscribe());
+    const rtcp = this.#transceiver.receiver.onRtcp.subscribe(() => {
+      this.lastRtcpAt = Date.now();
+    });
+    this.#disposer.add(() => rtcp.unSubscribe());
     const state = pc.connectionStateChange.subscribe((s) => {
       this.#log.debug({ connectionState: s }, 'PeerConnection state');
       if (s === 'connected') this.safeEmit('connected');

@@ -25,6 +25,8 @@ export interface Flow {
 
 export type TransportEvents = {
   message: [data: string, flow: Flow];
+  /** A message left on `flow` (for metrics and tracing). */
+  sent: [data: string, flow: Flow];
   flowClosed: [flow: Flow];
   error: [err: Error];
 };

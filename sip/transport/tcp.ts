@@ -53,6 +53,7 @@ export class TcpTransport extends EventEmitter<TransportEvents> implements SipTr
       send: (data: string) => {
         if (socket.destroyed || !socket.writable) throw new Error(`TCP flow ${key} closed`);
         socket.write(data);
+        this.emit('sent', data, flow);
       },
     };
     this.#sockets.add(socket);

@@ -44,7 +44,7 @@ export class UdpTransport extends EventEmitter<TransportEvents> implements SipTr
   /** A flow to `remote` on this socket (UDP needs no connection). */
   flowFor(remote: Address): Flow {
     const socket = this.#socket;
-    return {
+    const flow: Flow = {
       id: `udp:${remote.address}:${remote.port}`,
       transport: 'udp',
       reliable: false,
@@ -53,8 +53,10 @@ export class UdpTransport extends EventEmitter<TransportEvents> implements SipTr
       send: (data: string) => {
         if (this.#closed) throw new Error('UDP transport closed');
         socket.send(data, remote.port, remote.address);
+        this.emit('sent', data, flow);
       },
     };
+    return flow;
   }
 
   async flowTo(dest: Address): Promise<Flow> {

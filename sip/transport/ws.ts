@@ -60,6 +60,7 @@ export class WsTransport extends EventEmitter<TransportEvents> implements SipTra
       send: (data: string) => {
         if (ws.readyState !== ws.OPEN) throw new Error('WebSocket flow closed');
         ws.send(data);
+        this.emit('sent', data, flow);
       },
     };
     ws.on('message', (data, isBinary) => {

@@ -9,6 +9,9 @@ export interface HarnessOptions {
   t1?: number;
   rtpPorts?: [number, number];
   codecs?: GatewayConfig['media']['codecs'];
+  adminToken?: string;
+  rtpTimeoutMs?: number;
+  noMediaTimeoutMs?: number;
 }
 
 /** A gateway on 127.0.0.1 with every listener on port 0, logging only when GW_TEST_LOG is set. */
@@ -22,9 +25,12 @@ export async function startGateway(opts: HarnessOptions): Promise<Gateway> {
       timers: { t1: opts.t1 ?? 100, t2: 4000, t4: 500 },
     },
     http: { host: '127.0.0.1', port: 0 },
+    admin: { host: '127.0.0.1', port: 0, ...(opts.adminToken ? { token: opts.adminToken } : {}) },
     media: {
       ...(opts.rtpPorts ? { rtpPorts: opts.rtpPorts } : {}),
       ...(opts.codecs ? { codecs: opts.codecs } : {}),
+      ...(opts.rtpTimeoutMs ? { rtpTimeoutMs: opts.rtpTimeoutMs } : {}),
+      ...(opts.noMediaTimeoutMs ? { noMediaTimeoutMs: opts.noMediaTimeoutMs } : {}),
     },
     trunks: [{ name: 'sipp', host: '127.0.0.1', port: opts.trunkPort, transport: opts.trunkTransport ?? 'udp' }],
   });

@@ -127,3 +127,18 @@ describe('PortAllocator', () => {
     assert.throws(() => new PortAllocator({ host: '127.0.0.1', range: [0, 5] }), TypeError);
   });
 });
+
+describe('PortAllocator orphan reclaim', () => {
+  it('releases leases whose owner is gone, and only those', async () => {
+    const a = new PortAllocator({ host: '127.0.0.1', range: [41000, 41999] });
+    const live = await a.allocate({ callId: 'live', leg: 'sip' }, ['rtp', 'rtcp'], { bind: false });
+    const orphan = await a.allocate({ callId: 'gone', leg: 'sip' }, ['rtp', 'rtcp'], { bind: false });
+    assert.deepEqual(await a.reclaimOrphans((o) => o.callId === 'live', 60_000), [], 'too young to reclaim');
+    const reclaimed = await a.reclaimOrphans((o) => o.callId === 'live', 0);
+    assert.deepEqual(reclaimed, orphan.ports);
+    assert.equal(orphan.released, true);
+    assert.equal(a.inUse, 2);
+    await live.release();
+    assert.equal(a.inUse, 0);
+  });
+});
