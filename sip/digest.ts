@@ -33,7 +33,6 @@ export interface DigestRequest {
   uri: string;
 }
 
-// prettier-ignore
 export type DigestFailure = 'missing' | 'malformed' | 'unknown-user' | 'wrong-realm' | 'bad-response' | 'stale-nonce'
   | 'replay' | 'unknown-nonce' | 'uri-mismatch' | 'unsupported';
 
@@ -137,7 +136,7 @@ export interface DigestAuthenticatorOptions {
   /** Default 300000 (5 min). */
   nonceTtlMs?: number;
   /** Offered in this order; default ['SHA-256', 'MD5']. Some old phones only try the first challenge. */
-  algorithms?: DigestAlgorithm[];
+  algorithms?: readonly DigestAlgorithm[];
   /** HMAC key for stateless nonces; share it between instances behind one address. Random by default. */
   secret?: Buffer;
   /** Bound on replay-protection records; default 10000. */
@@ -353,13 +352,7 @@ export class FailureLimiter {
 
 // ---------------------------------------------------------------- client side
 
-interface Challenge {
-  algorithm: DigestAlgorithm;
-  realm: string;
-  nonce: string;
-  qop: boolean;
-  opaque: string | undefined;
-}
+interface Challenge { algorithm: DigestAlgorithm; realm: string; nonce: string; qop: boolean; opaque: string | undefined }
 
 function parseChallenge(header: unknown): Challenge | undefined {
   const h = parseAuthHeader(header);
@@ -394,24 +387,16 @@ export function answerChallenge(
   const username = creds.authUsername ?? creds.username;
   const ha1 = ha1For(creds, c.algorithm, username, c.realm);
   if (ha1 === undefined) return undefined;
-  const parts = [
-    `username=${quote(username)}`,
-    `realm=${quote(c.realm)}`,
-    `nonce=${quote(c.nonce)}`,
-    `uri=${quote(req.uri)}`,
-  ];
-  let response: string;
+  let qop: { nc: string; cnonce: string } | undefined;
   if (c.qop) {
     const count = state.nc ?? 1;
     if (!Number.isInteger(count) || count < 1 || count > 0xffffffff) throw new TypeError('nc must be an integer in 1..2^32-1');
-    const nc = count.toString(16).padStart(8, '0');
-    const cnonce = state.cnonce ?? randomBytes(12).toString('hex');
-    response = digestResponse({ algorithm: c.algorithm, ha1, nonce: c.nonce, method: req.method, uri: req.uri, qop: { nc, cnonce } });
-    parts.push(`response="${response}"`, `algorithm=${c.algorithm}`, `cnonce=${quote(cnonce)}`, 'qop=auth', `nc=${nc}`);
-  } else {
-    response = digestResponse({ algorithm: c.algorithm, ha1, nonce: c.nonce, method: req.method, uri: req.uri });
-    parts.push(`response="${response}"`, `algorithm=${c.algorithm}`);
+    qop = { nc: count.toString(16).padStart(8, '0'), cnonce: state.cnonce ?? randomBytes(12).toString('hex') };
   }
+  const response = digestResponse({ algorithm: c.algorithm, ha1, nonce: c.nonce, method: req.method, uri: req.uri, qop });
+  const parts = [`username=${quote(username)}`, `realm=${quote(c.realm)}`, `nonce=${quote(c.nonce)}`, `uri=${quote(req.uri)}`];
+  parts.push(`response="${response}"`, `algorithm=${c.algorithm}`);
+  if (qop) parts.push(`cnonce=${quote(qop.cnonce)}`, 'qop=auth', `nc=${qop.nc}`);
   if (c.opaque !== undefined) parts.push(`opaque=${quote(c.opaque)}`);
   return { header: `Digest ${parts.join(', ')}`, algorithm: c.algorithm };
 }

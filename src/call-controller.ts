@@ -113,18 +113,25 @@ export class CallController {
   }
 
   /**
-   * Ends answered calls whose media stopped (RTP and RTCP silent both ways for rtpTimeoutMs) or
-   * never started (nothing within noMediaTimeoutMs of answer), and reclaims any port that no live
-   * call owns.
+   * Ends answered calls that never got media (nothing from either side within noMediaTimeoutMs of
+   * answer) or whose media stopped (one side silent, RTP and RTCP, for rtpTimeoutMs: a dead trunk
+   * behind a live browser is the case that matters), and reclaims any port no live call owns.
    */
   async #sweep(now = Date.now()): Promise<void> {
     const { rtpTimeoutMs, noMediaTimeoutMs } = this.#config.media;
     for (const call of this.#calls.values()) {
       const answeredAt = call.answeredAt;
       if (answeredAt === undefined || call.closed) continue;
-      const last = call.lastMediaAt;
-      if (last === undefined && now - answeredAt >= noMediaTimeoutMs) void call.hangup('no-media', 408);
-      else if (last !== undefined && now - last >= rtpTimeoutMs) void call.hangup('media-timeout', 408);
+      const live = call.mediaLiveness();
+      if (live.sip === undefined && live.browser === undefined) {
+        if (now - answeredAt >= noMediaTimeoutMs) void call.hangup('no-media', 408);
+        continue;
+      }
+      const silentSide = now - (live.sip ?? answeredAt) >= rtpTimeoutMs ? 'sip' : now - (live.browser ?? answeredAt) >= rtpTimeoutMs ? 'browser' : undefined;
+      if (silentSide) {
+        call.log.info({ silentSide, rtpTimeoutMs }, 'media timeout');
+        void call.hangup('media-timeout', 408);
+      }
     }
     this.#pruneEnded(now);
     const isLive = (owner: { callId: string }) => this.#calls.has(owner.callId);

@@ -258,10 +258,19 @@ export class Call extends SafeEmitter<{ '@close': []; answered: [setupMs: number
     return this.#answeredAt;
   }
 
-  /** The latest RTP or RTCP seen from either side since answer (undefined: none yet). */
-  get lastMediaAt(): number | undefined {
-    const times = [this.#rtp?.lastPacketAt, this.#rtp?.lastRtcpAt, this.#webrtc?.lastPacketAt, this.#webrtc?.lastRtcpAt].filter((t): t is number => t !== undefined);
-    return times.length > 0 ? Math.max(...times) : undefined;
+  /**
+   * The last RTP or RTCP received from each side (undefined: nothing yet). A side sending only
+   * RTCP, as a peer on hold does, is alive.
+   */
+  mediaLiveness(): { sip: number | undefined; browser: number | undefined } {
+    const latest = (...t: Array<number | undefined>) => {
+      const d = t.filter((x): x is number => x !== undefined);
+      return d.length > 0 ? Math.max(...d) : undefined;
+    };
+    return {
+      sip: latest(this.#rtp?.lastPacketAt, this.#rtp?.lastRtcpAt),
+      browser: latest(this.#webrtc?.lastPacketAt, this.#webrtc?.lastRtcpAt),
+    };
   }
 
   info(): CallInfo {

@@ -5,6 +5,7 @@ import { assertClean, startGateway, waitFor, wsUrl } from '../support/gateway-ha
 import { CallRejectedError, Softphone } from '../support/softphone.js';
 import { OPUS } from '../support/werift-sdh.js';
 import type { GatewayConfig } from '../../src/config.js';
+import { bindUdp, freeUdpRun } from '../support/ports.js';
 import { sippAvailable, startSipp, type SippOptions, type SippPeer } from '../support/sipp.js';
 
 /**
@@ -166,20 +167,6 @@ describe('bridged call: SIP.js over WebSocket to SIPp over UDP', function () {
 
 /** An even port whose odd neighbour is bound by another socket (for the all-or-nothing test). */
 async function findEvenPairWithSecondBound(): Promise<{ base: number; socket: dgram.Socket }> {
-  for (let i = 0; i < 50; i++) {
-    const probe = dgram.createSocket('udp4');
-    await new Promise<void>((r) => probe.bind(0, '127.0.0.1', () => r()));
-    const p = probe.address().port;
-    await new Promise<void>((r) => probe.close(() => r()));
-    const base = p % 2 === 0 ? p : p + 1;
-    if (base + 1 > 65535) continue;
-    const socket = dgram.createSocket('udp4');
-    const ok = await new Promise<boolean>((resolve) => {
-      socket.once('error', () => resolve(false));
-      socket.bind(base + 1, '127.0.0.1', () => resolve(true));
-    });
-    if (ok) return { base, socket };
-    socket.close();
-  }
-  throw new Error('no port pair found');
+  const base = await freeUdpRun(2);
+  return { base, socket: await bindUdp(base + 1) };
 }

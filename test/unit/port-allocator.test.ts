@@ -1,37 +1,9 @@
 import assert from 'node:assert/strict';
-import dgram from 'node:dgram';
 import { PortAllocator } from '../../webrtc/port-allocator.js';
+import { bindUdp, freeUdpRun } from '../support/ports.js';
 
-/** Finds an even port p with p..p+n-1 free on 127.0.0.1 (bounded attempts). */
-async function freeEvenRun(n: number): Promise<number> {
-  for (let i = 0; i < 50; i++) {
-    const s = dgram.createSocket('udp4');
-    await new Promise<void>((r) => s.bind(0, '127.0.0.1', r));
-    const p = s.address().port;
-    await new Promise<void>((r) => s.close(() => r()));
-    const base = p % 2 === 0 ? p : p + 1;
-    if (base + n - 1 > 65535) continue;
-    const a = new PortAllocator({ host: '127.0.0.1', range: [base, base + n - 1] });
-    try {
-      const lease = await a.allocate({ callId: 'probe', leg: 'x' }, Array(n).fill('rtp'), { bind: true });
-      await lease.release();
-      return base;
-    } catch {
-      // taken meanwhile: try another
-    }
-  }
-  throw new Error('no free even port run found');
-}
-
-const freeEvenPair = () => freeEvenRun(2);
-
-function bindUdp(port: number): Promise<dgram.Socket> {
-  const s = dgram.createSocket('udp4');
-  return new Promise((resolve, reject) => {
-    s.once('error', reject);
-    s.bind(port, '127.0.0.1', () => resolve(s));
-  });
-}
+const freeEvenRun = freeUdpRun;
+const freeEvenPair = () => freeUdpRun(2);
 
 describe('PortAllocator', () => {
   it('allocates an even RTP port and its RTCP neighbour, and frees both on release', async () => {
