@@ -138,17 +138,16 @@ interface ScenarioDefaults {
   args?: readonly string[];
 }
 
-// linger_ms keeps a call after its last transaction to answer retransmissions:
-// none come over TCP (where a lingering call also fails, "FailedTcpClosed",
-// when the peer closes the connection) and hardly any over loopback UDP
-// without -lost.
-const lingerMs = (o: SippOptions): string => {
-  if (o.transport === 'tcp') return '0';
-  return (o.lost ?? 0) > 0 ? '4000' : '500';
-};
+// Whether a UAS call stays 4 s after its last transaction to answer
+// retransmissions (see the scenarios): only packet loss makes any on
+// loopback, none come over TCP, and there a call still lingering when the
+// peer closes the connection fails ("FailedTcpClosed").
+const linger = (o: SippOptions): string => (o.transport !== 'tcp' && (o.lost ?? 0) > 0 ? '1' : '0');
+// The same for the self-test UAC, as a pause in ms.
+const lingerMs = (o: SippOptions): string => (linger(o) === '1' ? '4000' : '0');
 
 const SCENARIO_DEFAULTS: Readonly<Record<SippScenarioName, ScenarioDefaults>> = {
-  'uas-answer': { keys: (o) => ({ pt: '0', codec: 'PCMU', linger_ms: lingerMs(o) }) },
+  'uas-answer': { keys: (o) => ({ pt: '0', codec: 'PCMU', linger: linger(o) }) },
   'uas-answer-then-bye': { keys: () => ({ hold_ms: '3000', pt: '0', codec: 'PCMU' }) },
   'uas-reject': {
     keys: (o) => {
@@ -156,7 +155,7 @@ const SCENARIO_DEFAULTS: Readonly<Record<SippScenarioName, ScenarioDefaults>> = 
       return { status, reason: SIPP_REJECT_REASONS[status] ?? 'Rejected' };
     },
   },
-  'uas-ring-no-answer': { keys: (o) => ({ linger: o.transport !== 'tcp' && (o.lost ?? 0) > 0 ? '1' : '0' }) },
+  'uas-ring-no-answer': { keys: (o) => ({ linger: linger(o) }) },
   // -nd: nothing at all may be sent, not even for a call SIPp aborts.
   'uas-silent': { keys: () => ({ silent_ms: '5000' }), args: ['-nd'] },
   'uac-self-test': { keys: (o) => ({ mode: 'answer', hold_ms: '500', linger_ms: lingerMs(o) }) },
