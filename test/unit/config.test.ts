@@ -36,6 +36,13 @@ describe('configuration', () => {
     assert.throws(() => parseConfig({ ...loadConfig(), trunks: [{ name: 'x', host: '127.0.0.1', port: 5060, transport: 'sctp' }] }), /trunks\.0\.transport/);
   });
 
+  it('refuses an admin API on a non-loopback address without a token, naming admin.token', () => {
+    const base = loadConfig();
+    assert.throws(() => parseConfig({ ...base, admin: { host: '0.0.0.0', port: 8089 } }), /admin\.token/);
+    assert.doesNotThrow(() => parseConfig({ ...base, admin: { host: '0.0.0.0', port: 8089, token: 'a-long-enough-token-123' } }));
+    assert.doesNotThrow(() => parseConfig({ ...base, admin: { host: '127.0.0.1', port: 8089 } }));
+  });
+
   it('makes the process exit non-zero with the key named when started with a bad config file', () => {
     const dir = mkdtempSync(join(tmpdir(), 'gwcfg-'));
     const f = join(dir, 'bad.json');

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { buildPlainOffer, negotiateSipAnswer, parseWebRtcOffer, sipOfferCodecs, SdpError } from '../../webrtc/sdp.js';
-import { StreamRewriter } from '../../webrtc/media-relay.js';
+import { LossCounter, StreamRewriter } from '../../webrtc/media-relay.js';
 import { parseRtp, serializeRtp } from '../../webrtc/rtp-endpoint.js';
 
 const chromeOffer = [
@@ -106,5 +106,17 @@ describe('RTP stream rewriting', () => {
     rtcp[1] = 200; // SR
     assert.equal(parseRtp(rtcp), undefined);
     assert.equal(parseRtp(Buffer.from('hello world!!')), undefined);
+  });
+});
+
+describe('RTP loss counting', () => {
+  it('counts sequence gaps per source, across wrap-around and a source switch', () => {
+    const l = new LossCounter();
+    for (const seq of [65533, 65534, 0, 2, 3]) l.add(7, seq); // 65535 and 1 missing
+    assert.equal(l.lost, 2);
+    for (const seq of [100, 101, 103]) l.add(8, seq); // new source: 102 missing
+    assert.equal(l.lost, 3);
+    l.add(8, 101); // a duplicate/late packet never makes loss negative
+    assert.ok(l.lost >= 2);
   });
 });
