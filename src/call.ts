@@ -179,7 +179,7 @@ export class Call extends SafeEmitter<{ '@close': []; answered: [setupMs: number
     this.#disposer.on(webrtc, 'rtp', (p: { payload: Buffer }) => lease.touch(0, p.payload.length + 12));
     this.#disposer.on(webrtc, 'failed', (reason: string) => void this.#teardown({ by: 'browser', cause: 'webrtc-failed', status: 500 }, reason));
     this.#relay = new MediaRelay(webrtc, this.#rtp!, media);
-    this.#inbound.accept(webrtc.answer);
+    this.#inbound.accept(webrtc.localSdp);
     this.#state = 'answered';
     this.#answeredAt = Date.now();
     this.safeEmit('answered', this.#answeredAt - this.startedAt);

@@ -5,18 +5,27 @@ import { GatewayError, InvalidStateError } from '../src/util/errors.js';
 import type { Codec } from './sdp.js';
 import { sendDtlsCloseNotify } from './dtls-close-notify.js';
 
-export interface WebRtcEndpointOptions {
-  offer: string;
-  codec: Codec;
-  /** telephone-event payload type in the browser's numbering, when negotiated. */
-  dtmfPt?: number;
+interface EndpointBaseOptions {
   /** Ports reserved by our allocator; werift binds the first free one (it refuses a range of one). */
   portRange: [number, number];
   bindAddress: string;
   announceAddress: string;
-  /** Bound on ICE gathering + answer creation. */
+  /** Bound on ICE gathering + description creation, and on applying the far end's answer. */
   setupTimeoutMs?: number;
   log: Logger;
+}
+
+/** The browser offered (calls from softphones): answer with exactly `codec`. */
+export interface WebRtcAnswerOptions extends EndpointBaseOptions {
+  offer: string;
+  codec: Codec;
+  /** telephone-event payload type in the browser's numbering, when negotiated. */
+  dtmfPt?: number;
+}
+
+/** We offer (calls toward softphones): `codecs` in preference order, telephone-event included if wanted. */
+export interface WebRtcOfferOptions extends EndpointBaseOptions {
+  codecs: Codec[];
 }
 
 export type WebRtcEndpointEvents = {
@@ -46,7 +55,8 @@ function codecParameters(c: Codec): RTCRtpCodecParameters {
  * one audio transceiver answering the browser's offer with exactly the codec the SIP side chose.
  */
 export class WebRtcEndpoint extends SafeEmitter<WebRtcEndpointEvents> {
-  readonly answer: string;
+  /** Our SDP: the answer (create) or the offer (createOffer). */
+  readonly localSdp: string;
   /** The UDP port werift bound (from our host candidate). */
   readonly localPort: number;
   #pc: RTCPeerConnection;
@@ -55,27 +65,53 @@ export class WebRtcEndpoint extends SafeEmitter<WebRtcEndpointEvents> {
   #closing: Promise<void> | undefined;
   #log: Logger;
   #dtmfPt: number | undefined;
+  #timeoutMs: number;
+  #wired = false;
   packetsIn = 0;
   packetsOut = 0;
   /** Last RTP or RTCP from the browser (ms since epoch): media liveness. */
   lastPacketAt: number | undefined;
   lastRtcpAt: number | undefined;
 
-  private constructor(pc: RTCPeerConnection, transceiver: RTCRtpTransceiver, answer: string, disposer: Disposer, opts: WebRtcEndpointOptions) {
+  private constructor(pc: RTCPeerConnection, transceiver: RTCRtpTransceiver, localSdp: string, disposer: Disposer, opts: EndpointBaseOptions & { dtmfPt?: number }) {
     super(opts.log);
     this.#pc = pc;
     this.#transceiver = transceiver;
-    this.answer = answer;
-    this.localPort = Number(/^a=candidate:\S+ \d+ udp \d+ \S+ (\d+) typ host/im.exec(answer)?.[1] ?? 0);
+    this.localSdp = localSdp;
+    this.localPort = Number(/^a=candidate:\S+ \d+ udp \d+ \S+ (\d+) typ host/im.exec(localSdp)?.[1] ?? 0);
     this.#disposer = disposer;
     this.#log = opts.log;
     this.#dtmfPt = opts.dtmfPt;
+    this.#timeoutMs = opts.setupTimeoutMs ?? 10_000;
   }
 
-  /** Creates the PeerConnection and its answer; on any failure the PeerConnection is closed before this rejects. */
-  static async create(opts: WebRtcEndpointOptions): Promise<WebRtcEndpoint> {
-    const codecs = [codecParameters(opts.codec)];
-    if (opts.dtmfPt !== undefined) codecs.push(codecParameters({ pt: opts.dtmfPt, name: 'telephone-event', rate: 8000, channels: 1, fmtp: '0-16' }));
+  /** Answers a browser's offer; on any failure the PeerConnection is closed before this rejects. */
+  static async create(opts: WebRtcAnswerOptions): Promise<WebRtcEndpoint> {
+    const codecs = [opts.codec];
+    if (opts.dtmfPt !== undefined) codecs.push({ pt: opts.dtmfPt, name: 'telephone-event', rate: 8000, channels: 1, fmtp: '0-16' });
+    const endpoint = await WebRtcEndpoint.#build(opts, codecs, async (pc) => {
+      await pc.setRemoteDescription({ type: 'offer', sdp: opts.offer });
+      const transceiver = pc.getTransceivers().find((t) => t.kind === 'audio');
+      if (!transceiver) throw new GatewayError('GW_SDP_NOT_ACCEPTABLE', 'no audio transceiver after applying the offer');
+      // Answers built from a remote offer are recvonly unless told otherwise (see NOTES).
+      transceiver.setDirection('sendrecv');
+      await pc.setLocalDescription(await pc.createAnswer());
+      return transceiver;
+    });
+    endpoint.#wire();
+    return endpoint;
+  }
+
+  /** Creates an offer toward a browser; call applyAnswer() with its answer. */
+  static async createOffer(opts: WebRtcOfferOptions): Promise<WebRtcEndpoint> {
+    return WebRtcEndpoint.#build(opts, opts.codecs, async (pc) => {
+      const transceiver = pc.addTransceiver('audio', { direction: 'sendrecv' });
+      await pc.setLocalDescription(await pc.createOffer());
+      return transceiver;
+    });
+  }
+
+  static async #build(opts: EndpointBaseOptions & { dtmfPt?: number }, codecs: Codec[], negotiate: (pc: RTCPeerConnection) => Promise<RTCRtpTransceiver>): Promise<WebRtcEndpoint> {
     const pc = new RTCPeerConnection({
       iceLite: true,
       iceServers: [],
@@ -84,51 +120,54 @@ export class WebRtcEndpoint extends SafeEmitter<WebRtcEndpointEvents> {
       iceAdditionalHostAddresses: [opts.announceAddress],
       iceInterfaceAddresses: { udp4: opts.bindAddress },
       icePortRange: opts.portRange,
-      codecs: { audio: codecs, video: [] },
+      codecs: { audio: codecs.map(codecParameters), video: [] },
       headerExtensions: { audio: [], video: [] },
     });
     peerConnectionCounter.opened++;
     const disposer = new Disposer();
-    let endpoint: WebRtcEndpoint | undefined;
     const timeoutMs = opts.setupTimeoutMs ?? 10_000;
-    let timer: NodeJS.Timeout | undefined;
     try {
-      const setup = (async () => {
-        await pc.setRemoteDescription({ type: 'offer', sdp: opts.offer });
-        const transceiver = pc.getTransceivers().find((t) => t.kind === 'audio');
-        if (!transceiver) throw new GatewayError('GW_SDP_NOT_ACCEPTABLE', 'no audio transceiver after applying the offer');
-        // Answers built from a remote offer are recvonly unless told otherwise (see NOTES).
-        transceiver.setDirection('sendrecv');
-        await pc.setLocalDescription(await pc.createAnswer());
-        if (pc.iceGatheringState !== 'complete') await pc.iceGatheringStateChange.watch((s) => s === 'complete', timeoutMs);
-        const sdp = pc.localDescription?.sdp;
-        if (!sdp || !/a=candidate:/.test(sdp)) throw new GatewayError('GW_ICE_FAILED', `no ICE candidate in ports ${opts.portRange.join('-')}`);
-        return { transceiver, sdp };
-      })();
-      const timeout = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new GatewayError('GW_WEBRTC_TIMEOUT', `WebRTC setup took over ${timeoutMs} ms`)), timeoutMs);
-      });
-      const { transceiver, sdp } = await Promise.race([setup, timeout]);
-      endpoint = new WebRtcEndpoint(pc, transceiver, sdp, disposer, opts);
-      endpoint.#wire();
-      return endpoint;
+      const { transceiver, sdp } = await withTimeout(
+        (async () => {
+          const transceiver = await negotiate(pc);
+          if (pc.iceGatheringState !== 'complete') await pc.iceGatheringStateChange.watch((s) => s === 'complete', timeoutMs);
+          const sdp = pc.localDescription?.sdp;
+          if (!sdp || !/a=candidate:/.test(sdp)) throw new GatewayError('GW_ICE_FAILED', `no ICE candidate in ports ${opts.portRange.join('-')}`);
+          return { transceiver, sdp };
+        })(),
+        timeoutMs,
+        `WebRTC setup took over ${timeoutMs} ms`,
+      );
+      return new WebRtcEndpoint(pc, transceiver, sdp, disposer, opts);
     } catch (err) {
       disposer.dispose();
       await closePc(pc, opts.log);
       throw err;
-    } finally {
-      clearTimeout(timer);
     }
   }
 
+  /** Applies the browser's answer to our offer; `dtmfPt` is telephone-event in its numbering, if any. */
+  async applyAnswer(sdp: string, dtmfPt?: number): Promise<void> {
+    this.assertOpen();
+    await withTimeout(this.#pc.setRemoteDescription({ type: 'answer', sdp }), this.#timeoutMs, 'applying the browser answer timed out');
+    this.#dtmfPt = dtmfPt;
+    this.#wire();
+  }
+
   #wire(): void {
+    if (this.#wired) return;
+    this.#wired = true;
     const pc = this.#pc;
-    const sub = this.#transceiver.receiver.track.onReceiveRtp.subscribe((packet) => {
-      this.packetsIn++;
-      this.lastPacketAt = Date.now();
-      this.safeEmit('rtp', packet);
-    });
-    this.#disposer.add(() => sub.unSubscribe());
+    // The receiver's tracks exist once the remote description is applied (one per signalled SSRC).
+    const receiver = this.#transceiver.receiver;
+    for (const track of new Set([receiver.track, ...receiver.tracks])) {
+      const sub = track.onReceiveRtp.subscribe((packet) => {
+        this.packetsIn++;
+        this.lastPacketAt = Date.now();
+        this.safeEmit('rtp', packet);
+      });
+      this.#disposer.add(() => sub.unSubscribe());
+    }
     const rtcp = this.#transceiver.receiver.onRtcp.subscribe(() => {
       this.lastRtcpAt = Date.now();
     });
@@ -197,6 +236,15 @@ export class WebRtcEndpoint extends SafeEmitter<WebRtcEndpointEvents> {
 
   assertOpen(): void {
     if (this.#closing) throw new InvalidStateError('WebRTC endpoint closed');
+  }
+}
+
+async function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new GatewayError('GW_WEBRTC_TIMEOUT', message)), ms)))]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 
