@@ -51,6 +51,7 @@ async function runStep(n: number) {
       sip: { listen: [{ transport: 'udp', host: '127.0.0.1', port: 0 }] },
       http: { host: '127.0.0.1', port: httpPort },
       trunks: [{ name: 'sipp', host: '127.0.0.1', port: sipp.port, transport: 'udp' }],
+      users: [{ username: 'bench', password: 'bench-password-1' }],
       log: { level: 'warn' },
     }),
   );
@@ -60,7 +61,7 @@ async function runStep(n: number) {
     const phone = await (async () => {
       for (let i = 0; i < 50; i++) {
         try {
-          return await Softphone.connect({ server: `ws://127.0.0.1:${httpPort}/ws`, user: 'bench', domain: '127.0.0.1' });
+          return await Softphone.connect({ server: `ws://127.0.0.1:${httpPort}/ws`, user: 'bench', domain: '127.0.0.1', password: 'bench-password-1' });
         } catch {
           await new Promise((r) => setTimeout(r, 100));
         }

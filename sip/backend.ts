@@ -66,6 +66,10 @@ export interface InboundCall extends SipCallLeg {
   readonly requestUri: string;
   readonly offer: string;
   readonly source: { transport: TransportKind; address: string; port: number; flowId: string };
+  /** The user that authenticated this INVITE (digest), for calls from softphones. */
+  readonly authUser: string | undefined;
+  /** The configured trunk this INVITE came from, for calls from SIP peers. */
+  readonly trunk: string | undefined;
   /** Sends a provisional response (180, 183). */
   progress(status: number, reason?: string): void;
   /** Sends 200 OK with the SDP answer; `confirmed` follows on ACK, `ended` with `no-ack` otherwise. */
@@ -74,9 +78,15 @@ export interface InboundCall extends SipCallLeg {
   reject(status: number, reason?: string, headers?: string[]): void;
 }
 
+/** A registered device: where its INVITE goes is the flow it registered over (WebSocket, TCP) or its source address (UDP). */
+export interface ContactTarget {
+  uri: string;
+  source: { transport: TransportKind; address: string; port: number; flowId: string };
+}
+
 export interface OutboundCallOptions {
-  /** Where the INVITE goes. */
-  target: { transport: 'udp' | 'tcp'; host: string; port: number };
+  /** Where the INVITE goes: a SIP peer by address, or a registered contact. */
+  target: { transport: 'udp' | 'tcp'; host: string; port: number } | { contact: ContactTarget };
   /** User part of the Request-URI and To. */
   toUser: string;
   fromUser: string;
@@ -87,6 +97,16 @@ export interface OutboundCallOptions {
 }
 
 export type OutboundCall = SipCallLeg;
+
+export interface Registration {
+  user: string;
+  contact: string;
+  expiresAt: number;
+  transport: TransportKind;
+  source: string;
+  userAgent?: string;
+  instance?: string;
+}
 
 export interface SipBackendStats {
   transactions: number;
@@ -106,6 +126,9 @@ export type SipBackendEvents = {
 
 export interface SipBackend extends EventEmitter<SipBackendEvents> {
   createCall(opts: OutboundCallOptions): OutboundCall;
+  /** The registered contacts of a user (none when the registrar is off). */
+  contactsOf(user: string): ContactTarget[];
+  registrations(): Registration[];
   stats(): SipBackendStats;
   close(): Promise<void>;
 }

@@ -17,6 +17,8 @@ export class InboundCallLeg extends SafeEmitter<LegEvents> implements InboundCal
   readonly requestUri: string;
   readonly offer: string;
   readonly source: InboundCall['source'];
+  readonly authUser: string | undefined;
+  readonly trunk: string | undefined;
   #state: LegState = 'calling';
   #ended = false;
   #localTag = randomToken(6);
@@ -25,8 +27,10 @@ export class InboundCallLeg extends SafeEmitter<LegEvents> implements InboundCal
   #txn: ServerTransaction;
   #flow: Flow;
 
-  constructor(ctx: StackContext, req: ParsedRequest, txn: ServerTransaction, flow: Flow) {
+  constructor(ctx: StackContext, req: ParsedRequest, txn: ServerTransaction, flow: Flow, identity: { authUser?: string; trunk?: string } = {}) {
     super(ctx.log);
+    this.authUser = identity.authUser;
+    this.trunk = identity.trunk;
     this.#ctx = ctx;
     this.#txn = txn;
     this.#flow = flow;

@@ -37,22 +37,35 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
   /** Resolves the flow and sends the INVITE; failures end the leg (never reject). */
   async start(): Promise<void> {
     const { target } = this.#opts;
+    const o = this.#opts;
     let flow: Flow;
-    try {
-      flow = await this.#ctx.flowTo(target.transport, { address: target.host, port: target.port });
-    } catch (err) {
-      this.#end({ cause: 'transport', status: 503, reason: `cannot reach ${target.host}:${target.port}: ${(err as Error).message}` });
-      return;
+    let ruri: string;
+    let to: string;
+    if ('contact' in target) {
+      // A registered device: its own flow (WebSocket/TCP) or its source address (UDP).
+      const found = this.#ctx.flowById(target.contact.source.transport, target.contact.source.flowId);
+      if (!found) {
+        this.#end({ cause: 'transport', status: 480, reason: 'the contact is no longer connected' });
+        return;
+      }
+      flow = found;
+      ruri = target.contact.uri;
+      to = `<sip:${o.toUser}@${this.#ctx.domain(flow)}>`;
+    } else {
+      try {
+        flow = await this.#ctx.flowTo(target.transport, { address: target.host, port: target.port });
+      } catch (err) {
+        this.#end({ cause: 'transport', status: 503, reason: `cannot reach ${target.host}:${target.port}: ${(err as Error).message}` });
+        return;
+      }
+      const hostPort = `${target.host}:${target.port}`;
+      ruri = `sip:${o.toUser}@${hostPort}${target.transport === 'tcp' ? ';transport=tcp' : ''}`;
+      to = `<sip:${o.toUser}@${hostPort}>`;
     }
     if (this.#ended) return;
     this.#flow = flow;
-    const o = this.#opts;
-    const hostPort = `${target.host}:${target.port}`;
-    const uriParams = target.transport === 'tcp' ? ';transport=tcp' : '';
-    const ruri = `sip:${o.toUser}@${hostPort}${uriParams}`;
     const display = o.fromDisplayName ? `"${o.fromDisplayName.replace(/["\\]/g, '')}" ` : '';
-    const from = `${display}<sip:${o.fromUser}@${flow.local.address}>;tag=${this.#localTag}`;
-    const to = `<sip:${o.toUser}@${hostPort}>`;
+    const from = `${display}<sip:${o.fromUser}@${this.#ctx.domain(flow)}>;tag=${this.#localTag}`;
     const branch = newBranch();
     const via = this.#ctx.via(flow, branch);
     const text = buildRequest({

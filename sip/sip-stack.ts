@@ -1,7 +1,8 @@
 import type http from 'node:http';
 import type { Logger } from 'pino';
 import { SafeEmitter } from '../src/util/safe-emitter.js';
-import type { OutboundCall, OutboundCallOptions, SipBackend, SipBackendEvents, SipBackendStats, SipObserver } from './backend.js';
+import { AccessControl, type AccessOptions } from './access-control.js';
+import type { ContactTarget, OutboundCall, OutboundCallOptions, Registration, SipBackend, SipBackendEvents, SipBackendStats, SipObserver } from './backend.js';
 import { Dialog } from './dialog.js';
 import { InboundCallLeg } from './inbound-call.js';
 import { buildResponse, parseSipMessage, randomToken, type ParsedRequest, type ParsedResponse, type ResponseOptions } from './message.js';
@@ -28,6 +29,8 @@ export interface SipStackOptions {
   timers?: Partial<SipTimers>;
   userAgent?: string;
   observer?: SipObserver;
+  /** Authentication, trunk recognition and the registrar; without it every INVITE is accepted (tests of the layer only). */
+  access?: AccessOptions;
   log: Logger;
 }
 
@@ -50,6 +53,7 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
   #retransmissions = 0;
   #closed = false;
   readonly #ctx: StackContext;
+  readonly #access: AccessControl | undefined;
 
   private constructor(opts: SipStackOptions) {
     super(opts.log);
@@ -57,6 +61,7 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
     this.#log = opts.log;
     this.timers = { ...DEFAULT_TIMERS, ...opts.timers };
     this.#ctx = this.#makeContext();
+    this.#access = opts.access ? new AccessControl(opts.access, this.#ctx.respond, opts.log.child({ component: 'access' })) : undefined;
   }
 
   static async create(opts: SipStackOptions): Promise<SipStack> {
@@ -104,6 +109,14 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
     const leg = new OutboundCallLeg(this.#ctx, opts);
     void leg.start();
     return leg;
+  }
+
+  contactsOf(user: string): ContactTarget[] {
+    return this.#access?.contactsOf(user) ?? [];
+  }
+
+  registrations(): Registration[] {
+    return this.#access?.registrations() ?? [];
   }
 
   stats(): SipBackendStats {
@@ -170,6 +183,9 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
         return this.#ctx.respond(txn, 200, { headers: [`Allow: ${ALLOW}`, 'Accept: application/sdp'] });
       case 'BYE':
         return this.#ctx.respond(txn, 481);
+      case 'REGISTER':
+        if (this.#access) return this.#access.register(req, txn, flow);
+        return this.#ctx.respond(txn, 405, { headers: [`Allow: ${ALLOW}`] });
       default:
         return this.#ctx.respond(txn, 405, { headers: [`Allow: ${ALLOW}`] });
     }
@@ -182,7 +198,14 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
       return this.#ctx.respond(txn, 488, { reason: 'Not Acceptable Here (an SDP offer is required)' });
     }
     if (this.listenerCount('invite') === 0) return this.#ctx.respond(txn, 480);
-    const leg = new InboundCallLeg(this.#ctx, req, txn, flow);
+    let identity: { authUser?: string; trunk?: string } = {};
+    if (this.#access) {
+      const access = this.#access.authorizeInvite(req, txn, flow);
+      if (!access) return; // challenged or refused already
+      if (!access.ok) return this.#ctx.respond(txn, access.status, { reason: access.reason, ...(access.headers ? { headers: access.headers } : {}) });
+      identity = access;
+    }
+    const leg = new InboundCallLeg(this.#ctx, req, txn, flow, identity);
     this.#inviteLegs.set(txn.key, leg);
     txn.once('terminated', () => this.#inviteLegs.delete(txn.key));
     leg.once('ended', () => this.#inviteLegs.delete(txn.key));
@@ -209,6 +232,7 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
   }
 
   #onFlowClosed(flow: Flow): void {
+    this.#access?.dropFlow(flow);
     const legs = this.#flowLegs.get(flow.id);
     if (!legs) return;
     this.#flowLegs.delete(flow.id);
@@ -271,6 +295,8 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
         return txn;
       },
       sendRaw: (flow, text) => this.#sendSafely(flow, text),
+      flowById: (kind, id) => this.#transports.get(kind)?.flowById(id),
+      domain: (flow) => announce(flow),
       flowTo: async (kind, dest) => {
         const t = this.#transports.get(kind);
         if (!t) throw new Error(`no ${kind} transport configured`);
@@ -300,6 +326,7 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#access?.close();
     for (const t of [...this.#client.values(), ...this.#server.values()]) t.terminate();
     this.#client.clear();
     this.#server.clear();

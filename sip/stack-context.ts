@@ -27,6 +27,9 @@ export interface StackContext {
   /** Sends outside any transaction (ACK for a 2xx). */
   sendRaw(flow: Flow, text: string): void;
   flowTo(transport: TransportKind, dest: Address): Promise<Flow>;
+  flowById(transport: TransportKind, id: string): Flow | undefined;
+  /** The host part for our URIs on this flow (the announced address). */
+  domain(flow: Flow): string;
   via(flow: Flow, branch: string): string;
   contact(flow: Flow, user?: string): string;
   registerDialog(dialog: Dialog, owner: DialogOwner): void;

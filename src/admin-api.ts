@@ -1,6 +1,7 @@
 import { timingSafeEqual, createHash } from 'node:crypto';
 import http from 'node:http';
 import type { Logger } from 'pino';
+import type { Registration } from '../sip/backend.js';
 import type { PortAllocator, PortRecord } from '../webrtc/port-allocator.js';
 import type { CallController } from './call-controller.js';
 import type { GatewayConfig } from './config.js';
@@ -12,6 +13,7 @@ export interface AdminDeps {
   rtpPorts: PortAllocator;
   webrtcPorts: PortAllocator;
   metrics: GatewayMetrics;
+  registrations(): Registration[];
   /** Readiness beyond the ports: listeners up, not draining. */
   ready(): { ready: boolean; reasons: string[] };
   log: Logger;
@@ -117,7 +119,10 @@ export class AdminApi {
         throw new HttpError(405, 'METHOD_NOT_ALLOWED', `${method} not allowed on ${path}`);
       }
       if (path === '/api/rtp' && method === 'GET') return this.#json(res, 200, this.#rtp());
-      if (path === '/api/registrations' && method === 'GET') return this.#json(res, 200, { registrations: [] });
+      if (path === '/api/registrations' && method === 'GET') {
+        const regs = this.#deps.registrations().map((r) => ({ ...r, expiresAt: new Date(r.expiresAt).toISOString() }));
+        return this.#json(res, 200, { registrations: regs });
+      }
       if (path === '/api/trunks' && method === 'GET') {
         return this.#json(res, 200, {
           trunks: this.#deps.config.trunks.map((t) => ({ name: t.name, host: t.host, port: t.port, transport: t.transport, reachability: 'unknown' })),

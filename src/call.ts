@@ -5,17 +5,10 @@ import type { PortAllocator, PortLease } from '../webrtc/port-allocator.js';
 import { RtpEndpoint } from '../webrtc/rtp-endpoint.js';
 import { SdpError, buildPlainOffer, negotiateSipAnswer, parseWebRtcOffer, sipOfferCodecs, type NegotiatedMedia, type PlainRtpCodec } from '../webrtc/sdp.js';
 import { WebRtcEndpoint } from '../webrtc/webrtc-endpoint.js';
-import { GatewayError, errorMessage } from './util/errors.js';
-import { Disposer, SafeEmitter } from './util/safe-emitter.js';
+import { CallBase, failureReason, type CallEndReason, type CallState } from './call-base.js';
+import { errorMessage } from './util/errors.js';
 
-export type CallState = 'setup' | 'ringing' | 'answered' | 'ended';
-
-export interface CallEndReason {
-  /** Which side or component ended it. */
-  by: 'browser' | 'sip' | 'gateway';
-  cause: string;
-  status?: number;
-}
+export type { CallEndReason, CallState };
 
 export interface CallDeps {
   sip: SipBackend;
@@ -61,21 +54,12 @@ export interface CallInfo {
   relay?: { toSip: { packets: number; dropped: number; lost: number }; toBrowser: { packets: number; dropped: number; lost: number } };
 }
 
-let nextCallNumber = 1;
-
 /**
- * One bridged call: the browser's SIP leg and WebRTC PeerConnection, the SIP peer's leg and RTP
- * ports, and the relay between them. The Call owns all of them; any terminal event of any part
- * ends the whole call exactly once, whatever media was negotiated.
+ * A call from a softphone to a SIP peer: the browser's SIP leg and WebRTC PeerConnection, the SIP
+ * peer's leg and RTP ports, and the relay between them. Any terminal event of any part ends the
+ * whole call exactly once (CallBase.teardown), whatever media was negotiated.
  */
-export class Call extends SafeEmitter<{ '@close': []; answered: [setupMs: number] }> {
-  readonly id: string;
-  log: Logger;
-  readonly startedAt = Date.now();
-  #answeredAt: number | undefined;
-  #endedAt: number | undefined;
-  #state: CallState = 'setup';
-  #endReason: CallEndReason | undefined;
+export class Call extends CallBase {
   #deps: CallDeps;
   #inbound: InboundCall;
   #outbound: OutboundCall | undefined;
@@ -84,47 +68,22 @@ export class Call extends SafeEmitter<{ '@close': []; answered: [setupMs: number
   #rtp: RtpEndpoint | undefined;
   #webrtc: WebRtcEndpoint | undefined;
   #webrtcPorts: number[] = [];
-  /** Closers of everything the call acquired, run in reverse on teardown. */
-  #resources: Array<() => Promise<void> | void> = [];
-  #disposer = new Disposer();
-  #closing: Promise<void> | undefined;
 
   constructor(inbound: InboundCall, deps: CallDeps) {
-    super(deps.log);
-    this.id = `c${nextCallNumber++}-${inbound.callId.slice(0, 8)}`;
+    super(inbound.callId, deps.log, { inCallId: inbound.callId });
     this.#deps = deps;
     this.#inbound = inbound;
-    this.log = deps.log.child({ call: this.id, inCallId: inbound.callId });
-    this.#disposer.on(inbound, 'ended', (end: LegEnd) => this.#legEnded('browser', end));
+    this.disposer.on(inbound, 'ended', (end: LegEnd) => this.#legEnded('browser', end));
   }
 
-  get state(): CallState {
-    return this.#state;
-  }
-
-  get closed(): boolean {
-    return this.#closing !== undefined;
-  }
-
-  /** Drives setup to completion or to teardown; never rejects. */
-  async run(): Promise<void> {
-    try {
-      await this.#setup();
-    } catch (err) {
-      const status = err instanceof SdpError ? err.status : err instanceof GatewayError && err.code === 'GW_PORTS_EXHAUSTED' ? 503 : 500;
-      this.log.warn({ err: errorMessage(err), code: (err as GatewayError).code }, 'call setup failed');
-      void this.#teardown({ by: 'gateway', cause: (err as GatewayError).code ?? 'error', status });
-    }
-  }
-
-  async #setup(): Promise<void> {
+  protected async setup(): Promise<void> {
     const d = this.#deps;
     const offer = parseWebRtcOffer(this.#inbound.offer);
     const codecs = sipOfferCodecs(offer, d.media.codecs);
     if (codecs.length === 0) throw new SdpError('no codec in the offer that a plain RTP peer can take', 488);
 
     const lease = await d.rtpPorts.allocate({ callId: this.id, leg: 'sip' }, ['rtp', 'rtcp'], { bind: true, evenStart: true });
-    if (!this.#own(() => lease.release())) return;
+    if (!this.own(() => lease.release())) return;
     const rtp = new RtpEndpoint(lease, this.log);
     this.#rtp = rtp;
 
@@ -136,17 +95,17 @@ export class Call extends SafeEmitter<{ '@close': []; answered: [setupMs: number
     });
     this.#outbound = outbound;
     this.log = this.log.child({ outCallId: outbound.callId });
-    this.#disposer.on(outbound, 'ended', (end: LegEnd) => this.#legEnded('sip', end));
-    this.#disposer.on(outbound, 'progress', (status: number) => {
+    this.disposer.on(outbound, 'ended', (end: LegEnd) => this.#legEnded('sip', end));
+    this.disposer.on(outbound, 'progress', (status: number) => {
       if (status === 180 || status === 183) {
-        this.#state = 'ringing';
+        this.state = 'ringing';
         this.#inbound.progress(180);
       }
     });
-    this.#disposer.on(outbound, 'answered', (sdp: string) => {
+    this.disposer.on(outbound, 'answered', (sdp: string) => {
       void this.#onAnswered(sdp, codecs).catch((err: unknown) => {
         this.log.warn({ err: errorMessage(err) }, 'bridging the answer failed');
-        void this.#teardown({ by: 'gateway', cause: (err as GatewayError).code ?? 'answer-failed', status: err instanceof SdpError ? 488 : 500 });
+        void this.teardown(failureReason(err));
       });
     });
     this.log.debug({ to: this.#inbound.toUser, trunk: `${d.trunk.host}:${d.trunk.port}` }, 'INVITE sent to SIP peer');
@@ -158,7 +117,7 @@ export class Call extends SafeEmitter<{ '@close': []; answered: [setupMs: number
     this.#media = media;
     // werift refuses a one-port icePortRange, so each PeerConnection reserves two and binds the first free.
     const lease: PortLease = await d.webrtcPorts.allocate({ callId: this.id, leg: 'browser' }, ['webrtc', 'webrtc'], { bind: false });
-    if (!this.#own(() => lease.release())) return;
+    if (!this.own(() => lease.release())) return;
     this.#webrtcPorts = lease.ports;
     const webrtc = await WebRtcEndpoint.create({
       offer: this.#inbound.offer,
@@ -171,91 +130,33 @@ export class Call extends SafeEmitter<{ '@close': []; answered: [setupMs: number
       log: this.log,
     });
     // Registered before the state check: a call that ended meanwhile closes it right here.
-    if (!this.#own(() => webrtc.close())) return;
+    if (!this.own(() => webrtc.close())) return;
     this.#webrtc = webrtc;
     if (lease.ports.includes(webrtc.localPort)) lease.keepOnly(webrtc.localPort);
     this.#webrtcPorts = lease.ports;
     // The port's state (allocated -> active) follows the browser's packets, as the SIP side's does.
-    this.#disposer.on(webrtc, 'rtp', (p: { payload: Buffer }) => lease.touch(0, p.payload.length + 12));
-    this.#disposer.on(webrtc, 'failed', (reason: string) => void this.#teardown({ by: 'browser', cause: 'webrtc-failed', status: 500 }, reason));
+    this.disposer.on(webrtc, 'rtp', (p: { payload: Buffer }) => lease.touch(0, p.payload.length + 12));
+    this.disposer.on(webrtc, 'failed', (reason: string) => void this.teardown({ by: 'browser', cause: 'webrtc-failed', status: 500 }, reason));
     this.#relay = new MediaRelay(webrtc, this.#rtp!, media);
     this.#inbound.accept(webrtc.localSdp);
-    this.#state = 'answered';
-    this.#answeredAt = Date.now();
-    this.safeEmit('answered', this.#answeredAt - this.startedAt);
-    this.log.info({ codec: media.codec.name, sip: `${media.sip.address}:${media.sip.port}`, setupMs: this.#answeredAt - this.startedAt }, 'call answered');
-  }
-
-  /** Adds a closer to the call; if the call already ended, runs it now and returns false. */
-  #own(close: () => Promise<void> | void): boolean {
-    if (this.#closing) {
-      void Promise.resolve()
-        .then(close)
-        .catch((err: unknown) => this.log.warn({ err }, 'late release failed'));
-      return false;
-    }
-    this.#resources.push(close);
-    return true;
+    this.markAnswered();
+    this.log.info({ codec: media.codec.name, sip: `${media.sip.address}:${media.sip.port}`, setupMs: Date.now() - this.startedAt }, 'call answered');
   }
 
   #legEnded(side: 'browser' | 'sip', end: LegEnd): void {
     this.log.debug({ side, ...end }, 'leg ended');
-    void this.#teardown({ by: side, cause: end.cause, ...(end.status ? { status: end.status } : {}) });
+    void this.teardown({ by: side, cause: end.cause, ...(end.status ? { status: end.status } : {}) });
   }
 
-  /** Hangs the call up from the gateway side (admin, shutdown). */
-  hangup(cause = 'hangup', status?: number): Promise<void> {
-    return this.#teardown({ by: 'gateway', cause, ...(status ? { status } : {}) });
+  protected endLegs(reason: CallEndReason, detail?: string): void {
+    this.#relay?.stop();
+    this.#inbound.terminate({ status: inboundStatus(reason), ...(detail ? { reason: detail } : {}) });
+    this.#outbound?.terminate(reason.by === 'browser' ? {} : { reasonHeader: `SIP;cause=${reason.status ?? 200};text="${reason.cause}"` });
   }
 
-  /**
-   * The only way a call ends. State first, then I/O: both legs get their SIP ending (each leg's
-   * terminate() is idempotent and picks CANCEL, BYE or a final response by its own state), then
-   * the PeerConnection and every port are released — regardless of which media was negotiated.
-   */
-  #teardown(reason: CallEndReason, detail?: string): Promise<void> {
-    if (this.#closing) return this.#closing;
-    this.#endReason = reason;
-    this.#state = 'ended';
-    this.#endedAt = Date.now();
-    this.#closing = (async () => {
-      this.#disposer.dispose((err) => this.log.warn({ err }, 'dispose failed'));
-      this.#relay?.stop();
-      const status = inboundStatus(reason);
-      try {
-        this.#inbound.terminate({ status, reason: detail });
-      } catch (err) {
-        this.log.warn({ err }, 'ending the browser leg failed');
-      }
-      try {
-        this.#outbound?.terminate({ reasonHeader: reason.by === 'browser' ? undefined : `SIP;cause=${reason.status ?? 200};text="${reason.cause}"` });
-      } catch (err) {
-        this.log.warn({ err }, 'ending the SIP leg failed');
-      }
-      const closers = this.#resources.reverse();
-      this.#resources = [];
-      const results = await Promise.allSettled(closers.map(async (c) => c()));
-      for (const r of results) if (r.status === 'rejected') this.log.warn({ err: r.reason }, 'release failed');
-      this.log.info(this.summaryLogFields(detail), 'call ended');
-      this.safeEmit('@close');
-    })();
-    return this.#closing;
-  }
-
-  private summaryLogFields(detail?: string): Record<string, unknown> {
+  protected endLogFields(): Record<string, unknown> {
     const i = this.info();
-    return {
-      endReason: i.endReason,
-      ...(detail ? { detail } : {}),
-      durationMs: i.durationMs ?? 0,
-      setupMs: this.#answeredAt ? this.#answeredAt - this.startedAt : undefined,
-      codec: i.codec,
-      relay: i.relay,
-    };
-  }
-
-  get answeredAt(): number | undefined {
-    return this.#answeredAt;
+    return { durationMs: i.durationMs ?? 0, codec: i.codec, relay: i.relay };
   }
 
   /**
@@ -279,15 +180,16 @@ export class Call extends SafeEmitter<{ '@close': []; answered: [setupMs: number
     const webrtc = this.#webrtc;
     const remote = rtp?.remote;
     const t = this.#deps.trunk;
+    const times = this.times;
     return {
       id: this.id,
       direction: 'outbound',
-      state: this.#state,
-      startedAt: iso(this.startedAt)!,
-      ...(this.#answeredAt ? { answeredAt: iso(this.#answeredAt) } : {}),
-      ...(this.#endedAt ? { endedAt: iso(this.#endedAt) } : {}),
-      ...(this.#answeredAt ? { durationMs: (this.#endedAt ?? Date.now()) - this.#answeredAt } : {}),
-      ...(this.#endReason ? { endReason: this.#endReason } : {}),
+      state: this.state,
+      startedAt: iso(times.startedAt)!,
+      ...(times.answeredAt ? { answeredAt: iso(times.answeredAt) } : {}),
+      ...(times.endedAt ? { endedAt: iso(times.endedAt) } : {}),
+      ...(times.answeredAt ? { durationMs: (times.endedAt ?? Date.now()) - times.answeredAt } : {}),
+      ...(times.endReason ? { endReason: times.endReason } : {}),
       ...(this.#media ? { codec: this.#media.codec.name } : {}),
       legs: {
         browser: {

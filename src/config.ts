@@ -23,7 +23,29 @@ export const configSchema = z.strictObject({
       .strictObject({ t1: z.number().int().min(10).max(10_000), t2: z.number().int().min(10).max(60_000), t4: z.number().int().min(10).max(60_000) })
       .default({ t1: 500, t2: 4000, t4: 5000 }),
     userAgent: z.string().max(200).optional(),
+    /** Digest realm and the domain of our users; defaults to media.announceAddress. */
+    realm: z.string().min(1).max(200).optional(),
   }),
+  registrar: z
+    .strictObject({
+      minExpires: z.number().int().min(1).max(86_400).default(60),
+      maxExpires: z.number().int().min(1).max(86_400).default(3600),
+      defaultExpires: z.number().int().min(1).max(86_400).default(600),
+    })
+    .prefault({})
+    .refine((r) => r.minExpires <= r.defaultExpires && r.defaultExpires <= r.maxExpires, 'needs minExpires <= defaultExpires <= maxExpires'),
+  users: z
+    .array(
+      z
+        .strictObject({
+          username: z.string().regex(/^[A-Za-z0-9._~+-]{1,64}$/, 'letters, digits and . _ ~ + - only'),
+          password: z.string().min(1).max(256).optional(),
+          ha1: z.strictObject({ md5: z.string().regex(/^[0-9a-f]{32}$/).optional(), sha256: z.string().regex(/^[0-9a-f]{64}$/).optional() }).optional(),
+        })
+        .refine((u) => u.password !== undefined || u.ha1 !== undefined, 'needs a password or ha1'),
+    )
+    .default([])
+    .refine((us) => new Set(us.map((u) => u.username)).size === us.length, 'usernames must be unique'),
   http: z.strictObject({ host, port }),
   media: z.strictObject({
     announceAddress: host,
@@ -40,6 +62,8 @@ export const configSchema = z.strictObject({
   calls: z
     .strictObject({
       maxConcurrent: z.number().int().min(1).max(100_000).default(500),
+      /** Calls to browsers that nobody answers in this time get 480. */
+      ringTimeoutMs: z.number().int().min(1000).max(600_000).default(60_000),
       /** How long ended calls stay visible in the admin API. */
       keepEndedMs: z.number().int().min(0).max(86_400_000).default(300_000),
       keepEndedMax: z.number().int().min(0).max(100_000).default(1000),
@@ -51,12 +75,39 @@ export const configSchema = z.strictObject({
     .refine((a) => a.token !== undefined || isLoopback(a.host), { message: 'a token is required when the admin API listens on a non-loopback address', path: ['token'] }),
   shutdown: z.strictObject({ drainMs: z.number().int().min(0).max(3_600_000).default(30_000) }).prefault({}),
   trunks: z
-    .array(z.strictObject({ name: z.string().min(1), host, port: z.number().int().min(1).max(65535), transport: z.enum(['udp', 'tcp']) }))
+    .array(
+      z.strictObject({
+        name: z.string().min(1),
+        host,
+        port: z.number().int().min(1).max(65535),
+        transport: z.enum(['udp', 'tcp']),
+        /** Source addresses calls from this trunk come from (default: its host). */
+        addresses: z.array(host).min(1).optional(),
+        /** Tell the trunk apart by source port as well (several peers on one host). */
+        matchPort: z.boolean().default(false),
+        /** Inbound routing: dialled number (Request-URI user) to local user. */
+        dids: z.record(z.string().min(1).max(64), z.string().min(1)).default({}),
+      }),
+    )
     .min(1),
   log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']) }).default({ level: 'info' }),
 });
 
 export type GatewayConfig = z.infer<typeof configSchema>;
+
+/** Checks that span sections (zod refines one value at a time). */
+function crossCheck(c: GatewayConfig): string[] {
+  const errors: string[] = [];
+  const users = new Set(c.users.map((u) => u.username));
+  c.trunks.forEach((t, i) => {
+    for (const [did, user] of Object.entries(t.dids)) if (!users.has(user)) errors.push(`  trunks.${i}.dids.${did}: no user "${user}" in users`);
+  });
+  const exposed = [c.http.host, ...c.sip.listen.map((l) => l.host)].some((h) => !isLoopback(h));
+  c.users.forEach((u, i) => {
+    if (exposed && u.password !== undefined && u.password.length < 12) errors.push(`  users.${i}.password: must be at least 12 characters when a listener is not on loopback`);
+  });
+  return errors;
+}
 
 export class ConfigError extends GatewayError {
   constructor(message: string) {
@@ -82,7 +133,11 @@ export function deepMerge(base: unknown, over: unknown): unknown {
 /** Validates a config object; the error names every bad key by its path. */
 export function parseConfig(raw: unknown): GatewayConfig {
   const r = configSchema.safeParse(raw);
-  if (r.success) return r.data;
+  if (r.success) {
+    const errors = crossCheck(r.data);
+    if (errors.length > 0) throw new ConfigError(`invalid configuration:\n${errors.join('\n')}`);
+    return r.data;
+  }
   const lines = r.error.issues.map((i) => {
     const keys = 'keys' in i && Array.isArray(i.keys) ? `.${i.keys.join(', .')}` : '';
     const path = [...i.path.map(String)].join('.');

@@ -1,5 +1,6 @@
 import http from 'node:http';
 import type { Logger } from 'pino';
+import type { AccessOptions } from '../sip/access-control.js';
 import { SipStack } from '../sip/sip-stack.js';
 import { PortAllocator } from '../webrtc/port-allocator.js';
 import { peerConnectionCounter } from '../webrtc/webrtc-endpoint.js';
@@ -20,6 +21,19 @@ export interface GatewayStats {
   sipDialogs: number;
   sipRetransmissions: number;
   wsConnections: number;
+}
+
+function accessOptions(config: GatewayConfig): AccessOptions {
+  const users = new Map(config.users.map((u) => [u.username, u]));
+  return {
+    realm: config.sip.realm ?? config.media.announceAddress,
+    users: (name) => {
+      const u = users.get(name);
+      return u ? { ...(u.password !== undefined ? { password: u.password } : {}), ...(u.ha1 ? { ha1: u.ha1 } : {}) } : undefined;
+    },
+    trunks: config.trunks.map((t) => ({ name: t.name, addresses: t.addresses ?? [t.host], ...(t.matchPort ? { port: t.port } : {}) })),
+    registrar: config.registrar,
+  };
 }
 
 /** The root of the ownership tree: listeners, SIP stack, port allocators, call controller. */
@@ -71,7 +85,7 @@ export class Gateway {
       ports: () => ({ rtp: { inUse: rtpPorts.inUse, free: rtpPorts.free }, webrtc: { inUse: webrtcPorts.inUse, free: webrtcPorts.free } }),
       peerConnections: () => peerConnectionCounter.open,
       wsConnections: () => gw?.sip.wsConnections ?? 0,
-      registrations: () => 0,
+      registrations: () => gw?.sip.registrations().length ?? 0,
       sipRetransmissions: () => gw?.sip.stats().retransmissions ?? 0,
     });
     let sip: SipStack;
@@ -83,6 +97,7 @@ export class Gateway {
         timers: config.sip.timers,
         ...(config.sip.userAgent ? { userAgent: config.sip.userAgent } : {}),
         observer: metrics.sipObserver,
+        access: accessOptions(config),
         log: log.child({ component: 'sip' }),
       });
     } catch (err) {
@@ -97,6 +112,7 @@ export class Gateway {
         rtpPorts,
         webrtcPorts,
         metrics,
+        registrations: () => sip.registrations(),
         ready: () => (gw!.#controller.draining ? { ready: false, reasons: ['draining'] } : { ready: true, reasons: [] }),
         log: log.child({ component: 'admin' }),
       });

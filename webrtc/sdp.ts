@@ -150,3 +150,63 @@ export function negotiateSipAnswer(answerSdp: string, offered: Codec[]): Negotia
     ptime: ptime > 0 && ptime <= 200 ? ptime : 20,
   };
 }
+
+/** A plain RTP offer from a SIP peer (trunk, PBX, SIPp). */
+export interface PlainOffer {
+  address: string;
+  port: number;
+  rtcpPort: number;
+  /** Codecs we can take, in the peer's order, telephone-event/8000 included. */
+  codecs: Codec[];
+  ptime: number;
+}
+
+/** Reads a SIP peer's plain RTP offer; 488 when nothing in it is usable. */
+export function parsePlainOffer(sdp: string, allowed: readonly PlainRtpCodec[]): PlainOffer {
+  const s = parse(sdp);
+  const audio = s.media.find((m) => m.type === 'audio' && m.port !== 0);
+  if (!audio) throw new SdpError('the offer has no audio stream', 488);
+  if (!/^RTP\/AVPF?$/.test(audio.protocol)) throw new SdpError(`unsupported media protocol ${audio.protocol} (plain RTP/AVP expected)`, 488);
+  const address = audio.connection?.ip ?? s.connection?.ip;
+  if (!address) throw new SdpError('no connection address in the offer', 400);
+  if (!Number.isInteger(audio.port) || audio.port < 1 || audio.port > 65535) throw new SdpError('bad media port in the offer', 400);
+  const all = codecsOf(audio);
+  const codecs = all.filter((c) => (allowed as readonly string[]).includes(c.name) && (c.name !== 'opus' || c.rate === 48000));
+  if (codecs.length === 0) throw new SdpError('no codec in the offer that the gateway relays', 488);
+  const te = all.find((c) => c.name === 'telephone-event' && c.rate === 8000);
+  if (te) codecs.push(te);
+  const rtcp = audio.rtcp?.port;
+  const ptime = Number(audio.ptime ?? 20);
+  return { address, port: audio.port, rtcpPort: rtcp && rtcp > 0 ? rtcp : audio.port + 1, codecs, ptime: ptime > 0 && ptime <= 200 ? ptime : 20 };
+}
+
+/**
+ * Reads a browser's answer to the offer we built from `sip` (same payload type numbers on both
+ * sides): the codec is the first one the browser kept.
+ */
+export function negotiateBrowserAnswer(answerSdp: string, sip: PlainOffer): NegotiatedMedia {
+  const s = parse(answerSdp);
+  const audio = s.media.find((m) => m.type === 'audio');
+  if (!audio || audio.port === 0) throw new SdpError('the browser rejected the audio stream', 488);
+  const answered = codecsOf(audio);
+  const chosen = answered.find((a) => a.name !== 'telephone-event' && sip.codecs.some((o) => o.pt === a.pt && o.name === a.name));
+  if (!chosen) throw new SdpError('the browser answered with no codec we offered', 488);
+  const codec = sip.codecs.find((o) => o.pt === chosen.pt)!;
+  const te = answered.find((a) => a.name === 'telephone-event' && sip.codecs.some((o) => o.pt === a.pt && o.name === 'telephone-event'));
+  return {
+    codec,
+    browserPt: codec.pt,
+    sipPt: codec.pt,
+    ...(te ? { dtmf: { browserPt: te.pt, sipPt: te.pt, rate: 8000 } } : {}),
+    sip: { address: sip.address, port: sip.port, rtcpPort: sip.rtcpPort },
+    ptime: sip.ptime,
+  };
+}
+
+/** Our plain RTP answer to a SIP peer: exactly the negotiated codec, and telephone-event when both have it. */
+export function buildPlainAnswer(opts: { address: string; port: number; media: NegotiatedMedia }): string {
+  const { media } = opts;
+  const codecs: Codec[] = [{ ...media.codec, pt: media.sipPt }];
+  if (media.dtmf) codecs.push({ pt: media.dtmf.sipPt, name: 'telephone-event', rate: 8000, channels: 1, fmtp: '0-16' });
+  return buildPlainOffer({ address: opts.address, port: opts.port, codecs, ptime: media.ptime });
+}

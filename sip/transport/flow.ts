@@ -36,6 +36,8 @@ export interface SipTransport extends EventEmitter<TransportEvents> {
   readonly local: Address;
   /** The flow to send a request to `dest` on (reusing a connection, opening one if needed). */
   flowTo(dest: Address): Promise<Flow>;
+  /** A live flow by id (connection-oriented transports), for requests to registered clients. */
+  flowById(id: string): Flow | undefined;
   close(): Promise<void>;
 }
 

@@ -12,6 +12,7 @@ export class TcpTransport extends EventEmitter<TransportEvents> implements SipTr
   #local: Address = { address: '', port: 0 };
   #byRemote = new Map<string, { flow: Flow; socket: net.Socket }>();
   #sockets = new Set<net.Socket>();
+  #byId = new Map<string, Flow>();
   #nextId = 1;
   #closed = false;
 
@@ -58,6 +59,7 @@ export class TcpTransport extends EventEmitter<TransportEvents> implements SipTr
     };
     this.#sockets.add(socket);
     this.#byRemote.set(key, { flow, socket });
+    this.#byId.set(flow.id, flow);
     const framer = new StreamFramer();
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => {
@@ -74,10 +76,15 @@ export class TcpTransport extends EventEmitter<TransportEvents> implements SipTr
     socket.on('error', () => socket.destroy());
     socket.on('close', () => {
       this.#sockets.delete(socket);
+      this.#byId.delete(flow.id);
       if (this.#byRemote.get(key)?.socket === socket) this.#byRemote.delete(key);
       this.emit('flowClosed', flow);
     });
     return flow;
+  }
+
+  flowById(id: string): Flow | undefined {
+    return this.#byId.get(id);
   }
 
   async flowTo(dest: Address): Promise<Flow> {

@@ -59,6 +59,11 @@ export class UdpTransport extends EventEmitter<TransportEvents> implements SipTr
     return flow;
   }
 
+  flowById(id: string): Flow | undefined {
+    const m = /^udp:(.+):(\d+)$/.exec(id);
+    return m ? this.flowFor({ address: m[1]!, port: Number(m[2]) }) : undefined;
+  }
+
   async flowTo(dest: Address): Promise<Flow> {
     return this.flowFor(dest);
   }

@@ -14,6 +14,7 @@ export class WsTransport extends EventEmitter<TransportEvents> implements SipTra
   #wss: WebSocketServer;
   #local: Address;
   #nextId = 1;
+  #flows = new Map<string, Flow>();
   #closed = false;
   #onUpgrade: (req: http.IncomingMessage, socket: Duplex, head: Buffer) => void;
   #server: http.Server;
@@ -68,8 +69,16 @@ export class WsTransport extends EventEmitter<TransportEvents> implements SipTra
       if (text.trim() === '') return; // keep-alive
       this.emit('message', text, flow);
     });
+    this.#flows.set(flow.id, flow);
     ws.on('error', () => ws.terminate());
-    ws.on('close', () => this.emit('flowClosed', flow));
+    ws.on('close', () => {
+      this.#flows.delete(flow.id);
+      this.emit('flowClosed', flow);
+    });
+  }
+
+  flowById(id: string): Flow | undefined {
+    return this.#flows.get(id);
   }
 
   async flowTo(dest: Address): Promise<Flow> {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import type { Gateway } from '../../src/gateway.js';
-import { assertClean, startGateway, waitFor, wsUrl } from '../support/gateway-harness.js';
+import { assertClean, startGateway, TEST_PASSWORD, waitFor, wsUrl } from '../support/gateway-harness.js';
 import { CallRejectedError, Softphone } from '../support/softphone.js';
 import { OPUS } from '../support/werift-sdh.js';
 import type { GatewayConfig } from '../../src/config.js';
@@ -31,7 +31,7 @@ describe('bridged call: SIP.js over WebSocket to SIPp over UDP', function () {
     const { t1, rtpPorts, codecs, ...sippOpts } = opts;
     sipp = await startSipp({ transport: 'udp', ...sippOpts });
     gw = await startGateway({ trunkPort: sipp.port, trunkTransport: sipp.transport, ...(t1 ? { t1 } : {}), ...(rtpPorts ? { rtpPorts } : {}), ...(codecs ? { codecs } : {}) });
-    phone = await Softphone.connect({ server: wsUrl(gw), user: 'alice', domain: '127.0.0.1' });
+    phone = await Softphone.connect({ server: wsUrl(gw), user: 'alice', domain: '127.0.0.1', password: TEST_PASSWORD });
     return { gw, sipp, phone };
   }
 

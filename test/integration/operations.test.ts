@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { Gateway } from '../../src/gateway.js';
-import { assertClean, startGateway, wsUrl } from '../support/gateway-harness.js';
+import { assertClean, startGateway, TEST_PASSWORD, wsUrl } from '../support/gateway-harness.js';
 import { assertRangeFree, freeUdpRun } from '../support/ports.js';
 import { Softphone } from '../support/softphone.js';
 import { sippAvailable, startSipp, type SippPeer } from '../support/sipp.js';
@@ -84,7 +84,7 @@ describe('operations: admin API, metrics, media timeouts, graceful shutdown', fu
   it('shows a call and its ports allocated before media and active after, and DELETE ends both legs and frees them', async () => {
     sipp = await startSipp({ scenario: 'uas-answer', rtpEcho: true, calls: 1, traceMsg: true });
     gw = await startGateway({ trunkPort: sipp.port, adminToken: TOKEN });
-    phone = await Softphone.connect({ server: wsUrl(gw), user: 'alice', domain: '127.0.0.1' });
+    phone = await Softphone.connect({ server: wsUrl(gw), user: 'alice', domain: '127.0.0.1', password: TEST_PASSWORD });
     const call = phone.call('sip:1000@127.0.0.1');
     await call.established;
 
@@ -134,7 +134,7 @@ describe('operations: admin API, metrics, media timeouts, graceful shutdown', fu
   it('exposes Prometheus metrics whose gauges match the live state during and after a call', async () => {
     sipp = await startSipp({ scenario: 'uas-answer', rtpEcho: true, calls: 1 });
     gw = await startGateway({ trunkPort: sipp.port, adminToken: TOKEN });
-    phone = await Softphone.connect({ server: wsUrl(gw), user: 'alice', domain: '127.0.0.1' });
+    phone = await Softphone.connect({ server: wsUrl(gw), user: 'alice', domain: '127.0.0.1', password: TEST_PASSWORD });
     const call = phone.call('sip:1000@127.0.0.1');
     await call.established;
     const during = parsePrometheus((await api(gw, '/metrics')).text);
@@ -143,7 +143,8 @@ describe('operations: admin API, metrics, media timeouts, graceful shutdown', fu
     assert.equal(during.get('gw_rtp_ports_in_use{range="rtp"}'), 2);
     assert.equal(during.get('gw_rtp_ports_in_use{range="webrtc"}'), 1);
     assert.equal(during.get('gw_websocket_connections'), 1);
-    assert.equal(during.get('gw_sip_messages_total{direction="in",kind="request",label="INVITE"}'), 1);
+    assert.equal(during.get('gw_sip_messages_total{direction="in",kind="request",label="INVITE"}'), 2, 'the INVITE, then again with credentials');
+    assert.equal(during.get('gw_sip_messages_total{direction="out",kind="response",label="407"}'), 1);
     assert.equal(during.get('gw_sip_messages_total{direction="out",kind="request",label="INVITE"}'), 1);
     assert.equal(during.get('gw_call_setup_seconds_count{direction="outbound"}'), 1);
     assert.ok((during.get('gw_process_resident_memory_bytes') ?? 0) > 0);
@@ -161,7 +162,7 @@ describe('operations: admin API, metrics, media timeouts, graceful shutdown', fu
     // SIPp without -rtp_echo sends no media; the softphone keeps talking.
     sipp = await startSipp({ scenario: 'uas-answer', calls: 1, traceMsg: true });
     gw = await startGateway({ trunkPort: sipp.port, rtpTimeoutMs: 1500, noMediaTimeoutMs: 5000 });
-    phone = await Softphone.connect({ server: wsUrl(gw), user: 'alice', domain: '127.0.0.1' });
+    phone = await Softphone.connect({ server: wsUrl(gw), user: 'alice', domain: '127.0.0.1', password: TEST_PASSWORD });
     const call = phone.call('sip:1000@127.0.0.1');
     await call.established;
     const sending = call.startSendingPcmu({ count: 200, intervalMs: 20 }).catch(() => undefined);
@@ -190,6 +191,7 @@ describe('operations: admin API, metrics, media timeouts, graceful shutdown', fu
         media: { rtpPorts: [rtpBase, rtpBase + 9], webrtcPorts: [webrtcBase, webrtcBase + 9] },
         shutdown: { drainMs: 1000 },
         trunks: [{ name: 'sipp', host: '127.0.0.1', port: sipp.port, transport: 'udp' }],
+        users: [{ username: 'alice', password: TEST_PASSWORD }],
         log: { level: 'info' },
       }),
     );
@@ -211,7 +213,7 @@ describe('operations: admin API, metrics, media timeouts, graceful shutdown', fu
           }
         });
       });
-      phone = await Softphone.connect({ server: `ws://127.0.0.1:${httpPort}/ws`, user: 'alice', domain: '127.0.0.1' });
+      phone = await Softphone.connect({ server: `ws://127.0.0.1:${httpPort}/ws`, user: 'alice', domain: '127.0.0.1', password: TEST_PASSWORD });
       const calls = [phone.call('sip:1000@127.0.0.1'), phone.call('sip:1001@127.0.0.1')];
       await Promise.all(calls.map((c) => c.established));
       child.kill('SIGTERM');

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import type { Gateway } from '../../src/gateway.js';
-import { assertClean, startGateway, waitFor, wsUrl } from '../support/gateway-harness.js';
+import { assertClean, startGateway, TEST_PASSWORD, waitFor, wsUrl } from '../support/gateway-harness.js';
 import { Softphone } from '../support/softphone.js';
 import { sippAvailable, startSipp, type SippPeer } from '../support/sipp.js';
 
@@ -32,7 +32,7 @@ describe('robustness: loss, races, bad input, garbage collection', function () {
   });
 
   async function connect(g: Gateway): Promise<Softphone> {
-    const p = await Softphone.connect({ server: wsUrl(g), user: `u${phones.length}`, domain: '127.0.0.1' });
+    const p = await Softphone.connect({ server: wsUrl(g), user: `u${phones.length}`, domain: '127.0.0.1', password: TEST_PASSWORD });
     phones.push(p);
     return p;
   }

@@ -12,7 +12,15 @@ export interface HarnessOptions {
   adminToken?: string;
   rtpTimeoutMs?: number;
   noMediaTimeoutMs?: number;
+  ringTimeoutMs?: number;
+  dids?: Record<string, string>;
+  /** Raw config merged last. */
+  extra?: Record<string, unknown>;
 }
+
+/** Users every test gateway knows, all with TEST_PASSWORD. */
+export const TEST_USERS = ['alice', 'bob', 'carol', ...Array.from({ length: 10 }, (_, i) => `u${i}`)];
+export const TEST_PASSWORD = 'test-password-123';
 
 /** A gateway on 127.0.0.1 with every listener on port 0, logging only when GW_TEST_LOG is set. */
 export async function startGateway(opts: HarnessOptions): Promise<Gateway> {
@@ -32,7 +40,10 @@ export async function startGateway(opts: HarnessOptions): Promise<Gateway> {
       ...(opts.rtpTimeoutMs ? { rtpTimeoutMs: opts.rtpTimeoutMs } : {}),
       ...(opts.noMediaTimeoutMs ? { noMediaTimeoutMs: opts.noMediaTimeoutMs } : {}),
     },
-    trunks: [{ name: 'sipp', host: '127.0.0.1', port: opts.trunkPort, transport: opts.trunkTransport ?? 'udp' }],
+    trunks: [{ name: 'sipp', host: '127.0.0.1', port: opts.trunkPort, transport: opts.trunkTransport ?? 'udp', ...(opts.dids ? { dids: opts.dids } : {}) }],
+    users: TEST_USERS.map((username) => ({ username, password: TEST_PASSWORD })),
+    ...(opts.ringTimeoutMs ? { calls: { ringTimeoutMs: opts.ringTimeoutMs } } : {}),
+    ...(opts.extra ?? {}),
   });
   const log = pino({ level: process.env.GW_TEST_LOG ?? 'silent' });
   return Gateway.start(config, log);

@@ -1,0 +1,139 @@
+import type { Logger } from 'pino';
+import { SdpError } from '../webrtc/sdp.js';
+import { GatewayError, errorMessage } from './util/errors.js';
+import { Disposer, SafeEmitter } from './util/safe-emitter.js';
+
+export type CallState = 'setup' | 'ringing' | 'answered' | 'ended';
+
+export interface CallEndReason {
+  /** Which side or component ended it. */
+  by: 'browser' | 'sip' | 'gateway';
+  cause: string;
+  status?: number;
+}
+
+export type CallEvents = { '@close': []; answered: [setupMs: number] };
+
+let nextCallNumber = 1;
+
+/**
+ * The lifecycle every call shape shares: an id and a child logger, a list of closers for what
+ * the call acquired, a disposer for its listeners and timers, and the one teardown path.
+ * Subclasses implement setup() and endLegs(); teardown never depends on what media was negotiated.
+ */
+export abstract class CallBase extends SafeEmitter<CallEvents> {
+  readonly id: string;
+  log: Logger;
+  readonly startedAt = Date.now();
+  protected readonly disposer = new Disposer();
+  #answeredAt: number | undefined;
+  #endedAt: number | undefined;
+  #state: CallState = 'setup';
+  #endReason: CallEndReason | undefined;
+  #resources: Array<() => Promise<void> | void> = [];
+  #closing: Promise<void> | undefined;
+
+  constructor(idSeed: string, log: Logger, bindings: Record<string, string>) {
+    super(log);
+    this.id = `c${nextCallNumber++}-${idSeed.replace(/[^A-Za-z0-9]/g, '').slice(0, 8) || 'x'}`;
+    this.log = log.child({ call: this.id, ...bindings });
+  }
+
+  get state(): CallState {
+    return this.#state;
+  }
+
+  protected set state(s: CallState) {
+    if (this.#state !== 'ended') this.#state = s;
+  }
+
+  get closed(): boolean {
+    return this.#closing !== undefined;
+  }
+
+  get answeredAt(): number | undefined {
+    return this.#answeredAt;
+  }
+
+  protected get times(): { startedAt: number; answeredAt?: number; endedAt?: number; endReason?: CallEndReason } {
+    return {
+      startedAt: this.startedAt,
+      ...(this.#answeredAt ? { answeredAt: this.#answeredAt } : {}),
+      ...(this.#endedAt ? { endedAt: this.#endedAt } : {}),
+      ...(this.#endReason ? { endReason: this.#endReason } : {}),
+    };
+  }
+
+  protected markAnswered(): void {
+    this.state = 'answered';
+    this.#answeredAt = Date.now();
+    this.safeEmit('answered', this.#answeredAt - this.startedAt);
+  }
+
+  /** Drives setup to completion or to teardown; never rejects. */
+  async run(): Promise<void> {
+    try {
+      await this.setup();
+    } catch (err) {
+      this.log.warn({ err: errorMessage(err), code: (err as GatewayError).code }, 'call setup failed');
+      void this.teardown(failureReason(err));
+    }
+  }
+
+  protected abstract setup(): Promise<void>;
+
+  /** Sends each SIP leg the ending its state requires (BYE, CANCEL, final response). Idempotent legs. */
+  protected abstract endLegs(reason: CallEndReason, detail?: string): void;
+
+  /** Fields for the one `call ended` log line. */
+  protected abstract endLogFields(): Record<string, unknown>;
+
+  /** Adds a closer to the call; if the call already ended, runs it now and returns false. */
+  protected own(close: () => Promise<void> | void): boolean {
+    if (this.#closing) {
+      void Promise.resolve()
+        .then(close)
+        .catch((err: unknown) => this.log.warn({ err }, 'late release failed'));
+      return false;
+    }
+    this.#resources.push(close);
+    return true;
+  }
+
+  /** Hangs the call up from the gateway side (admin, shutdown, timeouts). */
+  hangup(cause = 'hangup', status?: number): Promise<void> {
+    return this.teardown({ by: 'gateway', cause, ...(status ? { status } : {}) });
+  }
+
+  /**
+   * The only way a call ends. State first, then I/O: the legs get their SIP endings, then every
+   * PeerConnection and port is released, exactly once, whichever events race.
+   */
+  protected teardown(reason: CallEndReason, detail?: string): Promise<void> {
+    if (this.#closing) return this.#closing;
+    this.#endReason = reason;
+    this.#state = 'ended';
+    this.#endedAt = Date.now();
+    this.#closing = (async () => {
+      this.disposer.dispose((err) => this.log.warn({ err }, 'dispose failed'));
+      try {
+        this.endLegs(reason, detail);
+      } catch (err) {
+        this.log.warn({ err }, 'ending the SIP legs failed');
+      }
+      const closers = this.#resources.reverse();
+      this.#resources = [];
+      const results = await Promise.allSettled(closers.map(async (c) => c()));
+      for (const r of results) if (r.status === 'rejected') this.log.warn({ err: r.reason }, 'release failed');
+      this.log.info({ endReason: reason, ...(detail ? { detail } : {}), ...this.endLogFields() }, 'call ended');
+      this.safeEmit('@close');
+    })();
+    return this.#closing;
+  }
+}
+
+/** The ending for an error thrown during setup. */
+export function failureReason(err: unknown): CallEndReason {
+  const status = err instanceof SdpError ? err.status : err instanceof GatewayError && err.code === 'GW_PORTS_EXHAUSTED' ? 503 : 500;
+  return { by: 'gateway', cause: (err as GatewayError).code ?? 'error', status };
+}
