@@ -87,6 +87,9 @@ export class AccessControl {
         return void challenge(false);
       case 'stale-nonce':
       case 'unknown-nonce':
+      // A reused nonce-count is refused, but answered with a fresh challenge rather than 403:
+      // SIP.js resends its last Authorization as-is (e.g. on un-REGISTER), which is no attack.
+      case 'replay':
         return void challenge(true);
       default:
         this.#limiter.fail(source);
