@@ -193,10 +193,6 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
 
   #onInvite(req: ParsedRequest, txn: ServerTransaction, flow: Flow): void {
     this.#ctx.respond(txn, 100);
-    const ctype = req.msg.getHeader('content-type');
-    if (!req.msg.body || !ctype || !/^application\/sdp\b/i.test(ctype.trim())) {
-      return this.#ctx.respond(txn, 488, { reason: 'Not Acceptable Here (an SDP offer is required)' });
-    }
     if (this.listenerCount('invite') === 0) return this.#ctx.respond(txn, 480);
     let identity: { authUser?: string; trunk?: string } = {};
     if (this.#access) {
@@ -204,6 +200,10 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
       if (!access) return; // challenged or refused already
       if (!access.ok) return this.#ctx.respond(txn, access.status, { reason: access.reason, ...(access.headers ? { headers: access.headers } : {}) });
       identity = access;
+    }
+    const ctype = req.msg.getHeader('content-type');
+    if (!req.msg.body || !ctype || !/^application\/sdp\b/i.test(ctype.trim())) {
+      return this.#ctx.respond(txn, 488, { reason: 'Not Acceptable Here (an SDP offer is required)' });
     }
     const leg = new InboundCallLeg(this.#ctx, req, txn, flow, identity);
     this.#inviteLegs.set(txn.key, leg);

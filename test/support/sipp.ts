@@ -65,7 +65,11 @@ export interface SippStats {
 }
 
 export interface SippResult {
-  /** 0: every call succeeded; 1: some failed; 97: stopped early; 99: no call; 254: bind failure; 255: fatal or -timeout reached. */
+  /**
+   * 0: every call succeeded; 1: some failed; 97: stopped early; 99: no call;
+   * 254: bind failure; 255: fatal error or -timeout reached. After a SIGTERM
+   * from stop() or the guard SIPp exits 0: check `killed`.
+   */
   code: number | null;
   signal: NodeJS.Signals | null;
   /** True when the kill guard or stop() had to end the process. */
@@ -92,7 +96,10 @@ export interface SippMessage {
    */
   lost: boolean;
   transport: string;
-  /** As SIPp logs it: "2026-01-01 12:00:00.123456". */
+  /**
+   * As SIPp logs it: "2026-01-01 12:00:00.123456". Entries logged without
+   * one (unexpected, dead-call, lost sends) take the one before.
+   */
   time: string;
   /** The SIP message, lines joined with \r\n ('' for a lost send). */
   text: string;
@@ -138,13 +145,13 @@ interface ScenarioDefaults {
   args?: readonly string[];
 }
 
-// Whether a UAS call stays 4 s after its last transaction to answer
+// Whether a UAS call stays 8 s after its last transaction to answer
 // retransmissions (see the scenarios): only packet loss makes any on
 // loopback, none come over TCP, and there a call still lingering when the
 // peer closes the connection fails ("FailedTcpClosed").
 const linger = (o: SippOptions): string => (o.transport !== 'tcp' && (o.lost ?? 0) > 0 ? '1' : '0');
 // The same for the self-test UAC, as a pause in ms.
-const lingerMs = (o: SippOptions): string => (linger(o) === '1' ? '4000' : '0');
+const lingerMs = (o: SippOptions): string => (linger(o) === '1' ? '8000' : '0');
 
 const SCENARIO_DEFAULTS: Readonly<Record<SippScenarioName, ScenarioDefaults>> = {
   'uas-answer': { keys: (o) => ({ pt: '0', codec: 'PCMU', linger: linger(o) }) },
@@ -152,7 +159,7 @@ const SCENARIO_DEFAULTS: Readonly<Record<SippScenarioName, ScenarioDefaults>> = 
   'uas-reject': {
     keys: (o) => {
       const status = o.keys?.['status'] ?? '486';
-      return { status, reason: SIPP_REJECT_REASONS[status] ?? 'Rejected' };
+      return { status, reason: Object.hasOwn(SIPP_REJECT_REASONS, status) ? SIPP_REJECT_REASONS[status]! : 'Rejected' };
     },
   },
   'uas-ring-no-answer': { keys: (o) => ({ linger: linger(o) }) },
@@ -236,7 +243,7 @@ function validate(o: SippOptions): void {
   const name = scenarioName(o.scenario);
   if (name === 'uas-reject') {
     const status = o.keys?.['status'];
-    if (status !== undefined && !(status in SIPP_REJECT_REASONS)) {
+    if (status !== undefined && !Object.hasOwn(SIPP_REJECT_REASONS, status)) {
       throw new TypeError(`uas-reject answers only ${Object.keys(SIPP_REJECT_REASONS).join(', ')}; got ${status}`);
     }
   }
@@ -383,29 +390,31 @@ function parseStats(csv: string): SippStats | null {
   };
 }
 
-// Not anchored: SIPp appends its "-lost" notes ("UDP message lost (recv).",
-// "UDP message voluntary lost (while sending).") to the entry before, with
-// no newline ahead of the next separator.
-const SEPARATOR = /-{47} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\n/g;
-const LOST_RECV = /^(\w+) message (?:\(retrans\) )?lost \(recv\)\.\s*$/m;
-const LOST_SEND = /^(\w+) message voluntary lost \(while sending\)\.\s*$/gm;
+// SIPp appends its -lost notes ("UDP message lost (recv).", "UDP message
+// voluntary lost (while sending).") to the entry before, with no newline
+// ahead of the next separator. Entries for unexpected and dead-call
+// messages have a separator without a timestamp.
+const SEPARATOR = /-{47}(?: (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+))?\n/g;
+const LOST_RECV = /(\w+) message (?:\(retrans\) )?lost \(recv\)\./g;
+const LOST_SEND = /(\w+) message voluntary lost \(while sending\)\./g;
 
 /** Parses SIPp's -trace_msg log: entries start with a dashed line and a timestamp. */
 export function parseSippMessageLog(log: string): SippMessage[] {
   const out: SippMessage[] = [];
   // split() with a capture group alternates text and timestamps.
   const parts = log.replace(/\r\n/g, '\n').split(SEPARATOR);
+  let time = '';
   for (let i = 1; i + 1 < parts.length; i += 2) {
-    const time = parts[i]!;
+    time = parts[i] ?? time;
     let body = parts[i + 1]!;
     const lostSends = [...body.matchAll(LOST_SEND)].map((m) => m[1]!);
     body = body.replace(LOST_SEND, '');
-    const lost = LOST_RECV.test(body);
+    const lost = body.search(LOST_RECV) >= 0;
     body = body.replace(LOST_RECV, '');
     const nl = body.indexOf('\n');
     const header = nl < 0 ? body : body.slice(0, nl);
     const rest = nl < 0 ? '' : body.slice(nl + 1);
-    const transport = /^(\w+) message/.exec(header)?.[1] ?? /a (\w+) message/.exec(header)?.[1] ?? '';
+    const transport = /(\w+) message/.exec(header)?.[1] ?? '';
     let kind: SippMessage['kind'];
     if (/^Unexpected \w+ message received/.test(header)) kind = 'unexpected';
     else if (/^Dead call/.test(header)) kind = 'dead-call';
@@ -604,8 +613,8 @@ export async function startSipp(options: SippOptions): Promise<SippPeer> {
   const a = attempt;
 
   let killed = false;
-  // SIPp's -timeout has whole-second granularity and has been seen not to
-  // end every run by itself: this guard always does.
+  // A safety net over SIPp's own -timeout (whole seconds; without
+  // -timeout_error it was seen waiting on running calls indefinitely).
   const guard = setTimeout(() => {
     killed = true;
     void terminate(a);

@@ -56,8 +56,8 @@ export interface SoftphoneOptions {
   readonly authorizationUser?: string;
   /**
    * Also answer `algorithm=SHA-256` challenges (with sip/digest.ts). SIP.js 0.21 itself refuses
-   * anything but MD5, as browsers running it do. Either way only the first challenge of a 401/407
-   * is looked at, so the server's order decides.
+   * anything but MD5, as browsers running it do. Either way SIP.js keeps only the LAST
+   * WWW-/Proxy-Authenticate header of a 401/407, so the server's order decides.
    */
   readonly sha256Digest?: boolean;
   /**
@@ -114,8 +114,9 @@ export interface CallEnd {
   readonly byeReceived: boolean;
   readonly wasEstablished: boolean;
   /**
-   * The INVITE's final non-2xx response, if there was one: received (outgoing calls: 487 after
-   * CANCEL, 408 on timeout) or sent by us (incoming calls: reject(), 487 after CANCEL).
+   * The INVITE's final non-2xx response, if there was one. Outgoing calls: the one received (487
+   * after CANCEL, 408 on timeout). Incoming calls: what reject() or hangup() sent, or 487 after
+   * CANCEL; not the 480 SIP.js sends itself when answering fails (see `error`) or after 60 s unanswered.
    */
   readonly statusCode?: number;
   readonly reasonPhrase?: string;
@@ -300,10 +301,7 @@ export class Softphone {
       logLevel: options.log ? 'debug' : 'warn',
       // SIP.js drops bad messages with only a log line (e.g. a 180 without Contact): keep those for error messages.
       logConnector: (level, category, label, content) => {
-        if (level === 'error' || level === 'warn') {
-          this.#sipErrors.push({ seq: ++this.#sipErrorSeq, text: `${category}: ${content}` });
-          if (this.#sipErrors.length > 50) this.#sipErrors.shift();
-        }
+        if (level === 'error' || level === 'warn') this.#noteError(`${category}: ${content}`);
         options.log?.(level, category, label, content);
       },
       userAgentString: 'sip-webrtc-gateway test softphone',
@@ -486,7 +484,7 @@ export class Softphone {
 
   #onInvite(invitation: Invitation): void {
     if (this.#closing) {
-      invitation.reject({ statusCode: 480 }).catch((error: unknown) => this.#logError(error));
+      invitation.reject({ statusCode: 480 }).catch((error: unknown) => this.#noteError(`softphone: ${toError(error).message}`));
       return;
     }
     const call = new IncomingCall(
@@ -517,21 +515,20 @@ export class Softphone {
   #registration(response: Core.IncomingResponseMessage, minExpires: number | undefined): Registration {
     const contacts = response.getHeaders('contact');
     const header = response.getHeader('expires');
-    let expires = header === undefined ? undefined : Number(header);
+    let expires = 0;
     let contact: string | undefined;
-    // Match our binding as SIP.js does with its random contact user (RFC 3261 §10.2.4 in spirit).
+    // Find our binding as SIP.js does with its random contact user; unlisted means not bound.
     const ours = this.userAgent.contact.uri.user;
     for (let i = 0; i < contacts.length; i++) {
       const parsed = response.parseHeader('contact', i) as Core.NameAddrHeader | undefined;
       if (!parsed || parsed.uri.user !== ours) continue;
       contact = contacts[i];
-      const param = parsed.getParam('expires');
-      if (param !== undefined) expires = Number(param);
+      expires = Number(parsed.getParam('expires') ?? header ?? 0);
       break;
     }
     return {
       statusCode: response.statusCode ?? 0,
-      expires: contact === undefined && expires === undefined ? 0 : (expires ?? 0),
+      expires,
       contact,
       contacts,
       ...(minExpires !== undefined && { minExpires }),
@@ -548,8 +545,9 @@ export class Softphone {
     };
   }
 
-  #logError(error: unknown): void {
-    this.#sipErrors.push({ seq: ++this.#sipErrorSeq, text: `softphone: ${toError(error).message}` });
+  #noteError(text: string): void {
+    this.#sipErrors.push({ seq: ++this.#sipErrorSeq, text });
+    if (this.#sipErrors.length > 50) this.#sipErrors.shift();
   }
 
   async #close(): Promise<void> {
@@ -559,9 +557,13 @@ export class Softphone {
     this.#incomingWaiters.clear();
     this.#incomingQueue.length = 0;
     const unregister = async (): Promise<void> => {
-      if (!this.registered || !this.userAgent.isConnected()) return;
+      const registerer = this.#registerer;
+      if (!registerer || !this.userAgent.isConnected()) return;
       try {
-        await this.unregister({ timeoutMs });
+        // A refresh in flight must finish before the un-REGISTER (one at a time). A register() of
+        // a test still pending here has already failed for the test, or is racing close(): not waited for.
+        if (registerer.refreshing) await registerer.whenSettled(timeoutMs);
+        if (this.registered) await this.unregister({ timeoutMs });
       } catch (error) {
         errors.push(toError(error));
       }
@@ -577,6 +579,12 @@ export class Softphone {
         }
       }),
     ]);
+    if (this.#registerer?.pending) {
+      // A graceful stop waits, unbounded, for the REGISTER's final response (up to Timer F, 32 s).
+      // Calls were hung up and the registration removed above: nothing graceful is left to do.
+      this.#registerer.abandon();
+      (this.userAgent as unknown as { options: { gracefulShutdown: boolean } }).options.gracefulShutdown = false;
+    }
     try {
       await waitWithDeadline<void>(
         timeoutMs,
@@ -587,7 +595,7 @@ export class Softphone {
       );
     } catch (error) {
       errors.push(toError(error));
-      // A graceful stop waits, unbounded, for a pending REGISTER; drop the socket and timers anyway.
+      // Drop the socket and the transactions' timers anyway.
       try {
         this.userAgent.userAgentCore.dispose();
         await this.userAgent.transport.dispose();
@@ -609,6 +617,14 @@ export class Softphone {
   }
 }
 
+interface RegistererInternals {
+  waiting: boolean;
+  readonly waitingChange: Emitter<boolean>;
+  expires: number;
+  waitingToggle(waiting: boolean): void;
+  clearTimers(): void;
+}
+
 interface RegisterObserver {
   onAccept(response: Core.IncomingResponse): void;
   onReject(response: Core.IncomingResponse): void;
@@ -628,25 +644,34 @@ class ObservedRegisterer extends Registerer {
   observer: RegisterObserver | undefined;
   /** A REGISTER of ours has no final response yet. */
   #open = false;
+  /** The open REGISTER is SIP.js's own refresh. */
+  #refreshing = false;
 
   constructor(userAgent: UserAgent, options: RegistererOptions) {
     super(userAgent, options);
     // SIP.js moves state, then calls the delegate, then clears `waiting`; so an attempt still open
-    // a microtask after either signal got no delegate call. Its 423 retry sets `waiting` again at once.
-    const checkDropped = (stillPendingIsFine: boolean): void => {
-      queueMicrotask(() => {
-        if (!this.#open || (stillPendingIsFine && this.pending)) return;
-        this.#open = false;
-        this.observer?.onDropped();
-      });
-    };
+    // a microtask after `waiting` cleared got no delegate call. Its 423 retry sets `waiting` again at once.
     this.#internals.waitingChange.addListener((waiting) => {
-      if (!waiting) checkDropped(true);
+      if (waiting) return;
+      queueMicrotask(() => {
+        if (this.#open && !this.pending) this.#dropped();
+      });
     });
-    // SIP.js leaves `waiting` set forever after a 2xx without any Contact: only the state says so.
+    // After a 2xx without any Contact SIP.js goes Unregistered with no contacts and never clears
+    // `waiting`. (Unregistered with contacts is the expiry timer, which may fire during a refresh.)
     this.stateChange.addListener((state) => {
-      if (state === RegistererState.Unregistered) checkDropped(false);
+      if (state !== RegistererState.Unregistered) return;
+      queueMicrotask(() => {
+        if (this.#open && this.contacts.length === 0) this.#dropped();
+      });
     });
+  }
+
+  #dropped(): void {
+    this.#open = false;
+    // Left set, every later REGISTER (and a graceful UserAgent.stop()) would wait forever.
+    if (this.pending) this.#internals.waitingToggle(false);
+    this.observer?.onDropped();
   }
 
   /** A REGISTER awaits its final response (SIP.js allows one at a time). */
@@ -654,14 +679,41 @@ class ObservedRegisterer extends Registerer {
     return this.#internals.waiting;
   }
 
+  get refreshing(): boolean {
+    return this.#open && this.#refreshing;
+  }
+
+  /** Resolves once no REGISTER is pending. */
+  whenSettled(timeoutMs: number): Promise<void> {
+    return waitWithDeadline<void>(
+      timeoutMs,
+      () => `REGISTER refresh not answered within ${timeoutMs} ms`,
+      (resolve) => {
+        const check = (): void => {
+          if (!this.pending) resolve();
+        };
+        this.#internals.waitingChange.addListener(check);
+        check();
+        return () => this.#internals.waitingChange.removeListener(check);
+      },
+    );
+  }
+
   /** SIP.js reads the expires it asks for from a private field set once in its constructor. */
   setExpires(expires: number): void {
     this.#internals.expires = expires;
   }
 
+  /** Forgets a REGISTER still in flight and stops the refresh timers, for a stop that will not wait for it. */
+  abandon(): void {
+    this.#open = false;
+    this.observer = undefined;
+    this.#internals.clearTimers();
+  }
+
   /** Members SIP.js's typings mark private. */
-  get #internals(): { waiting: boolean; waitingChange: Emitter<boolean>; expires: number } {
-    return this as unknown as { waiting: boolean; waitingChange: Emitter<boolean>; expires: number };
+  get #internals(): RegistererInternals {
+    return this as unknown as RegistererInternals;
   }
 
   override register(options: RegistererRegisterOptions = {}): Promise<Core.OutgoingRegisterRequest> {
@@ -674,6 +726,8 @@ class ObservedRegisterer extends Registerer {
         return new Promise<Core.OutgoingRegisterRequest>(() => undefined);
       }
     }
+    // The refresh timer and the 423 retry call with no options; Softphone.register() sets an observer first.
+    if (!this.#open) this.#refreshing = this.observer === undefined;
     this.#open = true;
     const theirs = options.requestDelegate;
     const settle = (): void => {
