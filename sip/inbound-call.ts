@@ -23,6 +23,8 @@ export class InboundCallLeg extends SafeEmitter<LegEvents> implements InboundCal
   #ended = false;
   #localTag = randomToken(6);
   #dialog: Dialog | undefined;
+  /** A BYE waiting for the ACK of our 2xx (RFC 3261 §15: no BYE before the ACK or its timeout). */
+  #byePending: string | undefined;
   #ctx: StackContext;
   #txn: ServerTransaction;
   #flow: Flow;
@@ -45,6 +47,7 @@ export class InboundCallLeg extends SafeEmitter<LegEvents> implements InboundCal
     this.source = { transport: flow.transport, address: flow.remote.address, port: flow.remote.port, flowId: flow.id };
     if (flow.reliable) ctx.bindFlow(flow, this);
     txn.on('ackTimeout', () => {
+      if (this.#byePending !== undefined) return this.#flushBye();
       if (this.#state !== 'answered') return;
       this.#end({ cause: 'no-ack', status: 408, reason: 'no ACK for 200 OK' });
       this.#sendBye('SIP;cause=408;text="ACK Timeout"');
@@ -91,8 +94,21 @@ export class InboundCallLeg extends SafeEmitter<LegEvents> implements InboundCal
       this.reject(status, opts.reason);
       return;
     }
+    if (this.#state === 'answered') {
+      // Answered but not yet ACKed: the caller may still be applying our answer and would drop a BYE.
+      this.#byePending = opts.reasonHeader ?? '';
+      this.#end({ cause: 'local', reason: opts.reason });
+      return;
+    }
     this.#end({ cause: 'local', reason: opts.reason });
     this.#sendBye(opts.reasonHeader);
+  }
+
+  #flushBye(): void {
+    const reason = this.#byePending;
+    this.#byePending = undefined;
+    this.#sendBye(reason || undefined);
+    if (this.#dialog) this.#ctx.unregisterDialog(this.#dialog);
   }
 
   /** CANCEL matched our INVITE transaction (the stack has already answered the CANCEL with 200). */
@@ -103,10 +119,19 @@ export class InboundCallLeg extends SafeEmitter<LegEvents> implements InboundCal
   }
 
   onRequest(req: ParsedRequest, txn: ServerTransaction): void {
+    if (req.method === 'BYE' && this.#byePending !== undefined) {
+      this.#byePending = undefined; // both hung up: theirs ends the dialog, ours is moot
+      if (this.#dialog) this.#ctx.unregisterDialog(this.#dialog);
+    }
     handleInDialogRequest(this.#ctx, req, txn, () => this.#end({ cause: 'bye' }));
   }
 
   onAck(): void {
+    if (this.#byePending !== undefined) {
+      this.#txn.ackReceived();
+      this.#flushBye();
+      return;
+    }
     if (this.#state !== 'answered') return;
     this.#txn.ackReceived();
     this.#state = 'confirmed';
@@ -127,7 +152,8 @@ export class InboundCallLeg extends SafeEmitter<LegEvents> implements InboundCal
     if (this.#ended) return;
     this.#ended = true;
     this.#state = 'ended';
-    if (this.#dialog) this.#ctx.unregisterDialog(this.#dialog);
+    // With a BYE pending the dialog stays matched until the ACK (or its timeout) releases it.
+    if (this.#dialog && this.#byePending === undefined) this.#ctx.unregisterDialog(this.#dialog);
     if (this.#flow.reliable) this.#ctx.unbindFlow(this.#flow, this);
     this.safeEmit('ended', end);
     this.removeAllListeners('progress').removeAllListeners('answered').removeAllListeners('confirmed');

@@ -67,7 +67,7 @@ describe('robustness: loss, races, bad input, garbage collection', function () {
     );
     assert.equal(g.stats().totalCalls, total, 'the gateway created exactly one call per softphone INVITE');
     const result = await sipp.done;
-    assert.equal(result.code, 0, `SIPp: ${result.errors}`);
+    assert.equal(result.code, 0, `SIPp: ${result.errors} ${result.stderr} ${JSON.stringify(result.stats)}`);
     assert.equal(result.stats?.successful, total);
     const invites = (await sipp.messages()).filter((m) => m.kind === 'received' && m.method === 'INVITE');
     const callIds = new Set(invites.map((m) => m.callId));
