@@ -12,6 +12,41 @@ export interface CallEndReason {
   status?: number;
 }
 
+export interface MediaCounters {
+  packetsIn: number;
+  packetsOut: number;
+}
+
+/** What the admin API and the end-of-call log line show about a call. */
+export interface CallInfo {
+  id: string;
+  /** `outbound`: from a softphone toward a SIP peer; `inbound`: from a SIP peer to registered devices. */
+  direction: 'outbound' | 'inbound';
+  state: CallState;
+  startedAt: string;
+  answeredAt?: string;
+  endedAt?: string;
+  durationMs?: number;
+  endReason?: CallEndReason;
+  codec?: string;
+  legs: {
+    browser: {
+      callId: string;
+      state: string;
+      user: string;
+      source: string;
+      media?: MediaCounters & { localPorts: number[]; connectionState: string };
+    };
+    sip: {
+      callId?: string;
+      state?: string;
+      target: string;
+      media?: MediaCounters & { localPorts: number[]; remote?: string; bytesIn: number; bytesOut: number; rtcpIn: number };
+    };
+  };
+  relay?: { toSip: { packets: number; dropped: number; lost: number }; toBrowser: { packets: number; dropped: number; lost: number } };
+}
+
 export type CallEvents = { '@close': []; answered: [setupMs: number] };
 
 let nextCallNumber = 1;
@@ -84,6 +119,11 @@ export abstract class CallBase extends SafeEmitter<CallEvents> {
 
   /** Sends each SIP leg the ending its state requires (BYE, CANCEL, final response). Idempotent legs. */
   protected abstract endLegs(reason: CallEndReason, detail?: string): void;
+
+  abstract info(): CallInfo;
+
+  /** The last RTP or RTCP received from each side (undefined: nothing yet). */
+  abstract mediaLiveness(): { sip: number | undefined; browser: number | undefined };
 
   /** Fields for the one `call ended` log line. */
   protected abstract endLogFields(): Record<string, unknown>;

@@ -1,7 +1,9 @@
 import type { Logger } from 'pino';
 import type { InboundCall, SipBackend } from '../sip/backend.js';
 import type { PortAllocator } from '../webrtc/port-allocator.js';
-import { Call, type CallDeps, type CallInfo } from './call.js';
+import type { CallBase, CallInfo } from './call-base.js';
+import { CallToBrowser } from './call-to-browser.js';
+import { Call, type CallDeps } from './call.js';
 import type { GatewayConfig } from './config.js';
 import type { GatewayMetrics } from './metrics.js';
 
@@ -13,7 +15,7 @@ const SWEEP_INTERVAL_MS = 1000;
  * live Call until it reports `@close`. Calls never call back into the controller otherwise.
  */
 export class CallController {
-  #calls = new Map<string, Call>();
+  #calls = new Map<string, CallBase>();
   /** Recently ended calls for the admin API, oldest first, bounded in count and age. */
   #ended: CallInfo[] = [];
   #deps: Omit<CallDeps, 'log'>;
@@ -56,11 +58,11 @@ export class CallController {
     return this.#draining;
   }
 
-  calls(): Call[] {
+  calls(): CallBase[] {
     return [...this.#calls.values()];
   }
 
-  get(id: string): Call | undefined {
+  get(id: string): CallBase | undefined {
     return this.#calls.get(id);
   }
 
@@ -76,11 +78,6 @@ export class CallController {
   }
 
   #onInvite(inbound: InboundCall): void {
-    // Only WebSocket softphones place calls toward the trunk in this version.
-    if (inbound.source.transport !== 'ws') {
-      inbound.reject(403, 'Forbidden (calls from SIP peers are not routed yet)');
-      return;
-    }
     if (this.#draining || this.#closing) {
       inbound.reject(503, 'Service Unavailable (shutting down)', ['Retry-After: 30']);
       return;
@@ -89,21 +86,50 @@ export class CallController {
       inbound.reject(503, 'Service Unavailable (call limit)');
       return;
     }
-    const call = new Call(inbound, { ...this.#deps, log: this.#log });
+    const call = this.#route(inbound);
+    if (!call) return;
     this.#calls.set(call.id, call);
     this.totalCalls++;
-    call.once('answered', (setupMs) => this.#metrics?.callSetup.observe({ direction: 'outbound' }, setupMs / 1000));
+    call.once('answered', (setupMs) => this.#metrics?.callSetup.observe({ direction: call.info().direction }, setupMs / 1000));
     call.once('@close', () => {
       this.#calls.delete(call.id);
       const info = call.info();
-      this.#metrics?.callsTotal.inc({ direction: 'outbound', end_reason: info.endReason?.cause ?? 'unknown' });
+      this.#metrics?.callsTotal.inc({ direction: info.direction, end_reason: info.endReason?.cause ?? 'unknown' });
       if (this.#config.calls.keepEndedMax > 0 && this.#config.calls.keepEndedMs > 0) {
         this.#ended.push(info);
         this.#pruneEnded();
       }
     });
-    call.log.info({ from: inbound.fromUser, to: inbound.toUser, source: `${inbound.source.address}:${inbound.source.port}` }, 'call from softphone');
+    call.log.info({ from: inbound.fromUser, to: inbound.toUser, trunk: inbound.trunk, source: `${inbound.source.transport}:${inbound.source.address}:${inbound.source.port}` }, 'new call');
     void call.run();
+  }
+
+  /**
+   * From a trunk: to the user the DID map (or the Request-URI user) names, ringing all of its
+   * devices. From a softphone: to the first trunk. Answers the INVITE itself when it routes nowhere.
+   */
+  #route(inbound: InboundCall): CallBase | undefined {
+    const trunkName = inbound.trunk;
+    if (trunkName === undefined) return new Call(inbound, { ...this.#deps, log: this.#log });
+    const trunk = this.#config.trunks.find((t) => t.name === trunkName);
+    const user = trunk?.dids[inbound.toUser] ?? inbound.toUser;
+    if (!this.#config.users.some((u) => u.username === user)) {
+      inbound.reject(404, 'Not Found');
+      return undefined;
+    }
+    const contacts = this.#deps.sip.contactsOf(user);
+    if (contacts.length === 0) {
+      inbound.reject(480, 'Temporarily Unavailable (not registered)');
+      return undefined;
+    }
+    return new CallToBrowser(inbound, user, contacts, {
+      sip: this.#deps.sip,
+      rtpPorts: this.#deps.rtpPorts,
+      webrtcPorts: this.#deps.webrtcPorts,
+      media: this.#deps.media,
+      ringTimeoutMs: this.#config.calls.ringTimeoutMs,
+      log: this.#log,
+    });
   }
 
   #pruneEnded(now = Date.now()): void {

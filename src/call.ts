@@ -5,10 +5,10 @@ import type { PortAllocator, PortLease } from '../webrtc/port-allocator.js';
 import { RtpEndpoint } from '../webrtc/rtp-endpoint.js';
 import { SdpError, buildPlainOffer, negotiateSipAnswer, parseWebRtcOffer, sipOfferCodecs, type NegotiatedMedia, type PlainRtpCodec } from '../webrtc/sdp.js';
 import { WebRtcEndpoint } from '../webrtc/webrtc-endpoint.js';
-import { CallBase, failureReason, type CallEndReason, type CallState } from './call-base.js';
+import { CallBase, failureReason, type CallEndReason, type CallInfo, type CallState } from './call-base.js';
 import { errorMessage } from './util/errors.js';
 
-export type { CallEndReason, CallState };
+export type { CallEndReason, CallInfo, CallState };
 
 export interface CallDeps {
   sip: SipBackend;
@@ -17,41 +17,6 @@ export interface CallDeps {
   trunk: { host: string; port: number; transport: 'udp' | 'tcp' };
   media: { announceAddress: string; bindAddress: string; codecs: readonly PlainRtpCodec[]; webrtcSetupTimeoutMs: number };
   log: Logger;
-}
-
-export interface MediaCounters {
-  packetsIn: number;
-  packetsOut: number;
-}
-
-/** What the admin API and the end-of-call log line show about a call. */
-export interface CallInfo {
-  id: string;
-  /** Calls from browsers toward SIP peers are `outbound`. */
-  direction: 'outbound';
-  state: CallState;
-  startedAt: string;
-  answeredAt?: string;
-  endedAt?: string;
-  durationMs?: number;
-  endReason?: CallEndReason;
-  codec?: string;
-  legs: {
-    browser: {
-      callId: string;
-      state: string;
-      user: string;
-      source: string;
-      media?: MediaCounters & { localPorts: number[]; connectionState: string };
-    };
-    sip: {
-      callId?: string;
-      state?: string;
-      target: string;
-      media?: MediaCounters & { localPorts: number[]; remote?: string; bytesIn: number; bytesOut: number; rtcpIn: number };
-    };
-  };
-  relay?: { toSip: { packets: number; dropped: number; lost: number }; toBrowser: { packets: number; dropped: number; lost: number } };
 }
 
 /**

@@ -81,7 +81,11 @@ export class Gateway {
     // Gauges read the live objects at scrape time; `gw` is set before any scrape can happen.
     let gw: Gateway | undefined;
     const metrics = new GatewayMetrics({
-      callsActive: () => gw?.controller.size ?? 0,
+      callsActive: () => {
+        const calls = gw?.controller.calls() ?? [];
+        const inbound = calls.filter((c) => c.info().direction === 'inbound').length;
+        return { outbound: calls.length - inbound, inbound };
+      },
       ports: () => ({ rtp: { inUse: rtpPorts.inUse, free: rtpPorts.free }, webrtc: { inUse: webrtcPorts.inUse, free: webrtcPorts.free } }),
       peerConnections: () => peerConnectionCounter.open,
       wsConnections: () => gw?.sip.wsConnections ?? 0,

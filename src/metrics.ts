@@ -2,7 +2,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { SipObserver } from '../sip/backend.js';
 
 export interface MetricsSources {
-  callsActive(): number;
+  callsActive(): { outbound: number; inbound: number };
   ports(): { rtp: { inUse: number; free: number }; webrtc: { inUse: number; free: number } };
   peerConnections(): number;
   wsConnections(): number;
@@ -25,7 +25,9 @@ export class GatewayMetrics {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: 'gw_' });
     new Gauge({ name: 'gw_calls_active', help: 'Calls in progress', labelNames: ['direction'], registers, collect() {
-      this.set({ direction: 'outbound' }, src.callsActive());
+      const a = src.callsActive();
+      this.set({ direction: 'outbound' }, a.outbound);
+      this.set({ direction: 'inbound' }, a.inbound);
     } });
     this.callsTotal = new Counter({ name: 'gw_calls_total', help: 'Calls ended, by direction and end reason', labelNames: ['direction', 'end_reason'], registers });
     this.callSetup = new Histogram({

@@ -1,0 +1,160 @@
+import assert from 'node:assert/strict';
+import type { Gateway } from '../../src/gateway.js';
+import { TEST_PASSWORD, assertClean, startGateway, wsUrl, type HarnessOptions } from '../support/gateway-harness.js';
+import { Softphone } from '../support/softphone.js';
+import { sippAvailable, startSipp, type SippOptions, type SippPeer } from '../support/sipp.js';
+
+/**
+ * Calls from a SIP trunk (SIPp UAC) to registered browsers (SIP.js + werift): forking, CANCEL,
+ * timeouts, routing and refusal of unknown sources. Every test ends with a clean gateway.
+ */
+describe('inbound calls: SIP trunk to registered browsers', function () {
+  this.timeout(60_000);
+
+  let gw: Gateway | undefined;
+  let sipp: SippPeer | undefined;
+  const phones: Softphone[] = [];
+
+  before(function () {
+    if (!sippAvailable()) {
+      if (process.env.CI) throw new Error('sipp is required in CI (apt-get install sip-tester)');
+      this.skip();
+    }
+  });
+
+  afterEach(async function () {
+    try {
+      if (gw) await assertClean(gw);
+    } finally {
+      await Promise.allSettled(phones.splice(0).map((p) => p.close()));
+      await sipp?.stop();
+      await gw?.close();
+      sipp = gw = undefined;
+    }
+  });
+
+  async function gateway(opts: Partial<HarnessOptions> = {}): Promise<Gateway> {
+    // The trunk is whatever SIPp listens on; inbound calls are recognised by source address.
+    gw = await startGateway({ trunkPort: 9, ...opts });
+    return gw;
+  }
+
+  async function registered(user: string): Promise<Softphone> {
+    const p = await Softphone.connect({ server: wsUrl(gw!), user, domain: '127.0.0.1', password: TEST_PASSWORD });
+    phones.push(p);
+    await p.register({ expires: 300 });
+    return p;
+  }
+
+  /** Keywords each UAC scenario needs besides the test's own (SIPp rejects a scenario with one missing). */
+  const UAC_DEFAULT_KEYS: Record<string, Record<string, string>> = {
+    'uac-call': { bye_wait_ms: '15000', linger_ms: '500' },
+  };
+
+  async function uac(scenario: string, keys: Record<string, string>, extra: Partial<SippOptions> = {}): Promise<SippPeer> {
+    const udp = gw!.sipAddress('udp')!;
+    sipp = await startSipp({ scenario, remote: `127.0.0.1:${udp.port}`, calls: 1, keys: { ...UAC_DEFAULT_KEYS[scenario], ...keys }, traceMsg: true, ...extra });
+    return sipp;
+  }
+
+  it('rings a registered browser; it answers; RTP flows both ways; SIPp hangs up', async () => {
+    await gateway();
+    const alice = await registered('alice');
+    const peer = await uac('uac-call', { to_user: 'alice', hangup_ms: '2500' }, { rtpEcho: true });
+    const inc = await alice.nextIncoming(10_000);
+    assert.equal(inc.fromUser, 'sipp');
+    await inc.ringing();
+    await inc.answer();
+    const sending = inc.startSendingPcmu({ count: 100, intervalMs: 20 });
+    await inc.waitForRtp(50, 10_000);
+    await sending;
+    const info = gw!.controller.list()[0]!;
+    assert.equal(info.direction, 'inbound');
+    assert.equal(info.codec, 'pcmu');
+    assert.ok(info.relay!.toSip.packets >= 50 && info.relay!.toBrowser.packets >= 50, JSON.stringify(info.relay));
+    const end = await inc.waitTerminated(10_000);
+    assert.equal(end.byeReceived, true, 'the browser got BYE');
+    const done = await peer.done;
+    assert.equal(done.code, 0, done.errors);
+  });
+
+  it('the browser hangs up: SIPp gets BYE', async () => {
+    await gateway();
+    const alice = await registered('alice');
+    const peer = await uac('uac-call', { to_user: 'alice', hangup_ms: '0' }, { rtpEcho: true });
+    const inc = await alice.nextIncoming(10_000);
+    await inc.answer();
+    await inc.hangup();
+    const done = await peer.done;
+    assert.equal(done.code, 0, done.errors);
+    assert.ok((await peer.messages()).some((m) => m.kind === 'received' && m.method === 'BYE'));
+  });
+
+  it('rings every device of the user; the first to answer wins and the other gets CANCEL (completed elsewhere)', async () => {
+    await gateway();
+    const desk = await registered('bob');
+    const laptop = await registered('bob');
+    assert.equal(gw!.sip.registrations().filter((r) => r.user === 'bob').length, 2);
+    const peer = await uac('uac-call', { to_user: 'bob', hangup_ms: '1000' });
+    const [a, b] = await Promise.all([desk.nextIncoming(10_000), laptop.nextIncoming(10_000)]);
+    await Promise.all([a.ringing(), b.ringing()]);
+    await a.answer();
+    const cancel = await b.waitCancelled(10_000);
+    assert.equal(cancel.cause, 200);
+    assert.match(cancel.text ?? '', /completed elsewhere/i);
+    await a.waitTerminated(10_000);
+    const done = await peer.done;
+    assert.equal(done.code, 0, done.errors);
+  });
+
+  it('SIPp CANCELs while the browser rings: 487 to SIPp and CANCEL to the browser', async () => {
+    await gateway();
+    const alice = await registered('alice');
+    const peer = await uac('uac-cancel', { to_user: 'alice', cancel_after_ms: '300' });
+    const inc = await alice.nextIncoming(10_000);
+    await inc.ringing();
+    await inc.waitCancelled(10_000);
+    const done = await peer.done;
+    assert.equal(done.code, 0, done.errors);
+  });
+
+  it('answers 480 when nobody answers in time, and CANCELs the ringing browser', async () => {
+    await gateway({ ringTimeoutMs: 1500 });
+    const alice = await registered('alice');
+    const peer = await uac('uac-expect-status', { to_user: 'alice', status: '480' });
+    const inc = await alice.nextIncoming(10_000);
+    await inc.ringing();
+    await inc.waitCancelled(10_000);
+    const done = await peer.done;
+    assert.equal(done.code, 0, done.errors);
+  });
+
+  it('answers 480 for a known user with no registered device', async () => {
+    await gateway();
+    const peer = await uac('uac-expect-status', { to_user: 'carol', status: '480' });
+    const done = await peer.done;
+    assert.equal(done.code, 0, done.errors);
+    assert.equal(gw!.stats().totalCalls, 0);
+  });
+
+  it('routes a DID to its user', async () => {
+    await gateway({ dids: { '+15550100': 'alice' } });
+    const alice = await registered('alice');
+    const peer = await uac('uac-call', { to_user: '+15550100', hangup_ms: '500' });
+    const inc = await alice.nextIncoming(10_000);
+    await inc.answer();
+    await inc.waitTerminated(10_000);
+    const done = await peer.done;
+    assert.equal(done.code, 0, done.errors);
+  });
+
+  it('refuses calls from an address that is not a configured trunk with 403, creating nothing', async () => {
+    await gateway({ extra: { trunks: [{ name: 'elsewhere', host: '127.0.0.1', port: 9, transport: 'udp', addresses: ['127.0.0.2'] }] } });
+    await registered('alice');
+    const peer = await uac('uac-expect-status', { to_user: 'alice', status: '403' });
+    const done = await peer.done;
+    assert.equal(done.code, 0, done.errors);
+    assert.equal(gw!.stats().totalCalls, 0);
+    assert.equal(gw!.stats().rtpPortsInUse, 0);
+  });
+});
