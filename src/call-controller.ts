@@ -110,12 +110,19 @@ export class CallController {
    */
   #route(inbound: InboundCall): CallBase | undefined {
     const trunkName = inbound.trunk;
-    if (trunkName === undefined) return new Call(inbound, { ...this.#deps, log: this.#log });
-    const trunk = this.#config.trunks.find((t) => t.name === trunkName);
-    const user = trunk?.dids[inbound.toUser] ?? inbound.toUser;
-    if (!this.#config.users.some((u) => u.username === user)) {
-      inbound.reject(404, 'Not Found');
-      return undefined;
+    const isUser = (name: string) => this.#config.users.some((u) => u.username === name);
+    let user: string;
+    if (trunkName === undefined) {
+      // A softphone: local users first, everything else to the trunk.
+      if (!isUser(inbound.toUser)) return new Call(inbound, { ...this.#deps, log: this.#log });
+      user = inbound.toUser;
+    } else {
+      const trunk = this.#config.trunks.find((t) => t.name === trunkName);
+      user = trunk?.dids[inbound.toUser] ?? inbound.toUser;
+      if (!isUser(user)) {
+        inbound.reject(404, 'Not Found');
+        return undefined;
+      }
     }
     const contacts = this.#deps.sip.contactsOf(user);
     if (contacts.length === 0) {

@@ -1,8 +1,20 @@
 import type { ContactTarget, InboundCall, LegEnd, OutboundCall, SipBackend } from '../sip/backend.js';
-import { MediaRelay } from '../webrtc/media-relay.js';
+import { MediaRelay, WebRtcBridge } from '../webrtc/media-relay.js';
 import type { PortAllocator, PortLease } from '../webrtc/port-allocator.js';
 import { RtpEndpoint } from '../webrtc/rtp-endpoint.js';
-import { buildPlainAnswer, negotiateBrowserAnswer, parsePlainOffer, type NegotiatedMedia, type PlainOffer, type PlainRtpCodec } from '../webrtc/sdp.js';
+import {
+  SdpError,
+  buildPlainAnswer,
+  chooseAnswered,
+  negotiateBrowserAnswer,
+  parsePlainOffer,
+  parseWebRtcOffer,
+  sipOfferCodecs,
+  type Codec,
+  type NegotiatedMedia,
+  type PlainOffer,
+  type PlainRtpCodec,
+} from '../webrtc/sdp.js';
 import { WebRtcEndpoint } from '../webrtc/webrtc-endpoint.js';
 import { CallBase, failureReason, type CallEndReason, type CallInfo } from './call-base.js';
 import { errorMessage } from './util/errors.js';
@@ -28,9 +40,10 @@ interface Fork {
 const COMPLETED_ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"';
 
 /**
- * A call from a SIP peer (trunk) to a registered user: every device of the user rings (parallel
- * forking), each with its own WebRTC offer; the first 2xx wins, the others get CANCEL (or ACK and
- * BYE if their 2xx crossed), and the winner is bridged to the trunk's plain RTP.
+ * A call to a registered user, from a SIP peer (trunk) or from another registered user: every
+ * device of the user rings (parallel forking), each with its own WebRTC offer; the first 2xx wins,
+ * the others get CANCEL (or ACK and BYE if their 2xx crossed), and the winner is bridged to the
+ * caller: the trunk's plain RTP, or the calling browser's own PeerConnection.
  */
 export class CallToBrowser extends CallBase {
   #deps: CallToBrowserDeps;
@@ -42,11 +55,16 @@ export class CallToBrowser extends CallBase {
   #offer: PlainOffer | undefined;
   #media: NegotiatedMedia | undefined;
   #rtp: RtpEndpoint | undefined;
-  #relay: MediaRelay | undefined;
+  #relay: MediaRelay | WebRtcBridge | undefined;
   #ringing = false;
+  /** The caller is a softphone (WebRTC) rather than a SIP peer (plain RTP). */
+  #fromBrowser: boolean;
+  #forkCodecs: Codec[] = [];
+  #caller: WebRtcEndpoint | undefined;
 
   constructor(inbound: InboundCall, user: string, contacts: ContactTarget[], deps: CallToBrowserDeps) {
     super(inbound.callId, deps.log, { inCallId: inbound.callId, user });
+    this.#fromBrowser = inbound.source.transport === 'ws';
     this.#deps = deps;
     this.#inbound = inbound;
     this.#user = user;
@@ -56,18 +74,24 @@ export class CallToBrowser extends CallBase {
 
   protected async setup(): Promise<void> {
     const d = this.#deps;
-    const offer = parsePlainOffer(this.#inbound.offer, d.media.codecs);
-    this.#offer = offer;
-    const lease = await d.rtpPorts.allocate({ callId: this.id, leg: 'sip' }, ['rtp', 'rtcp'], { bind: true, evenStart: true });
-    if (!this.own(() => lease.release())) return;
-    this.#rtp = new RtpEndpoint(lease, this.log);
+    if (this.#fromBrowser) {
+      this.#forkCodecs = sipOfferCodecs(parseWebRtcOffer(this.#inbound.offer), d.media.codecs);
+      if (this.#forkCodecs.length === 0) throw new SdpError('no codec in the offer that the gateway relays', 488);
+    } else {
+      const offer = parsePlainOffer(this.#inbound.offer, d.media.codecs);
+      this.#offer = offer;
+      this.#forkCodecs = offer.codecs;
+      const lease = await d.rtpPorts.allocate({ callId: this.id, leg: 'sip' }, ['rtp', 'rtcp'], { bind: true, evenStart: true });
+      if (!this.own(() => lease.release())) return;
+      this.#rtp = new RtpEndpoint(lease, this.log);
+    }
     this.disposer.timeout(() => void this.teardown({ by: 'gateway', cause: 'no-answer', status: 480 }), d.ringTimeoutMs);
     // Every device gets its own PeerConnection and ports; a device that fails to set up is dropped.
-    await Promise.all(this.#contacts.map((c) => this.#startFork(c, offer)));
+    await Promise.all(this.#contacts.map((c) => this.#startFork(c)));
     this.#checkForks();
   }
 
-  async #startFork(contact: ContactTarget, offer: PlainOffer): Promise<void> {
+  async #startFork(contact: ContactTarget): Promise<void> {
     const d = this.#deps;
     const fork: Fork = { contact, leg: undefined, webrtc: undefined, lease: undefined, ended: undefined };
     this.#forks.push(fork);
@@ -76,7 +100,7 @@ export class CallToBrowser extends CallBase {
       if (!this.own(() => lease.release())) return;
       fork.lease = lease;
       const webrtc = await WebRtcEndpoint.createOffer({
-        codecs: offer.codecs,
+        codecs: this.#forkCodecs,
         portRange: [lease.ports[0]!, lease.ports[1]!],
         bindAddress: d.media.bindAddress,
         announceAddress: d.media.announceAddress,
@@ -142,18 +166,58 @@ export class CallToBrowser extends CallBase {
     }
     this.#winner = fork;
     for (const other of this.#forks) if (other !== fork) this.#closeFork(other);
+    const webrtc = fork.webrtc!;
+    const watch = (ep: WebRtcEndpoint, lease: PortLease) => {
+      this.disposer.on(ep, 'rtp', (p: { payload: Buffer }) => lease.touch(0, p.payload.length + 12));
+      this.disposer.on(ep, 'failed', (reason: string) => void this.teardown({ by: 'browser', cause: 'webrtc-failed', status: 500 }, reason));
+    };
+    if (this.#fromBrowser) {
+      await this.#bridgeToCaller(fork, sdp, watch);
+      return;
+    }
     const media = negotiateBrowserAnswer(sdp, this.#offer!);
     this.#media = media;
-    const webrtc = fork.webrtc!;
     await webrtc.applyAnswer(sdp, media.dtmf?.browserPt);
     if (this.closed) return;
-    const lease = fork.lease!;
-    this.disposer.on(webrtc, 'rtp', (p: { payload: Buffer }) => lease.touch(0, p.payload.length + 12));
-    this.disposer.on(webrtc, 'failed', (reason: string) => void this.teardown({ by: 'browser', cause: 'webrtc-failed', status: 500 }, reason));
+    watch(webrtc, fork.lease!);
     this.#relay = new MediaRelay(webrtc, this.#rtp!, media);
     this.#inbound.accept(buildPlainAnswer({ address: this.#deps.media.announceAddress, port: this.#rtp!.port, media }));
     this.markAnswered();
     this.log.info({ codec: media.codec.name, contact: fork.contact.uri, setupMs: Date.now() - this.startedAt }, 'call answered');
+  }
+
+  /** Browser to browser: answer the caller with exactly the codec the callee kept, and bridge the two PeerConnections. */
+  async #bridgeToCaller(fork: Fork, sdp: string, watch: (ep: WebRtcEndpoint, lease: PortLease) => void): Promise<void> {
+    const d = this.#deps;
+    const { codec, te } = chooseAnswered(sdp, this.#forkCodecs);
+    this.#media = { codec, browserPt: codec.pt, sipPt: codec.pt, sip: { address: '', port: 0, rtcpPort: 0 }, ptime: 20 };
+    await fork.webrtc!.applyAnswer(sdp, te?.pt);
+    const lease = await d.webrtcPorts.allocate({ callId: this.id, leg: 'caller' }, ['webrtc', 'webrtc'], { bind: false });
+    if (!this.own(() => lease.release())) return;
+    const caller = await WebRtcEndpoint.create({
+      offer: this.#inbound.offer,
+      codec,
+      ...(te ? { dtmfPt: te.pt } : {}),
+      portRange: [lease.ports[0]!, lease.ports[1]!],
+      bindAddress: d.media.bindAddress,
+      announceAddress: d.media.announceAddress,
+      setupTimeoutMs: d.media.webrtcSetupTimeoutMs,
+      log: this.log,
+    });
+    if (!this.own(() => caller.close())) return;
+    this.#caller = caller;
+    if (lease.ports.includes(caller.localPort)) lease.keepOnly(caller.localPort);
+    watch(caller, lease);
+    watch(fork.webrtc!, fork.lease!);
+    this.#relay = new WebRtcBridge(caller, fork.webrtc!, {
+      aPt: codec.pt,
+      bPt: codec.pt,
+      ...(te ? { aDtmfPt: te.pt, bDtmfPt: te.pt } : {}),
+      clockRate: codec.rate,
+    });
+    this.#inbound.accept(caller.localSdp);
+    this.markAnswered();
+    this.log.info({ codec: codec.name, contact: fork.contact.uri, setupMs: Date.now() - this.startedAt }, 'call answered (browser to browser)');
   }
 
   protected endLegs(reason: CallEndReason, detail?: string): void {
@@ -176,7 +240,9 @@ export class CallToBrowser extends CallBase {
       return v.length > 0 ? Math.max(...v) : undefined;
     };
     const w = this.#winner?.webrtc;
-    return { sip: latest(this.#rtp?.lastPacketAt, this.#rtp?.lastRtcpAt), browser: latest(w?.lastPacketAt, w?.lastRtcpAt) };
+    const c = this.#caller;
+    const callerSide = this.#fromBrowser ? latest(c?.lastPacketAt, c?.lastRtcpAt) : latest(this.#rtp?.lastPacketAt, this.#rtp?.lastRtcpAt);
+    return { sip: callerSide, browser: latest(w?.lastPacketAt, w?.lastRtcpAt) };
   }
 
   info(): CallInfo {

@@ -154,3 +154,46 @@ export class MediaRelay {
     this.#disposer.dispose();
   }
 }
+
+/**
+ * Relays audio between two PeerConnections (a call between two registered browsers): each
+ * direction gets its own SSRC/sequence/timestamp rewriting and payload type mapping.
+ */
+export class WebRtcBridge {
+  #disposer = new Disposer();
+  #counts = { aToB: 0, bToA: 0, dropped: 0 };
+
+  constructor(
+    a: WebRtcEndpoint,
+    b: WebRtcEndpoint,
+    map: { aPt: number; bPt: number; aDtmfPt?: number; bDtmfPt?: number; clockRate: number },
+  ) {
+    const forward = (to: WebRtcEndpoint, fromPt: number, toPt: number, fromDtmf: number | undefined, toDtmf: number | undefined, key: 'aToB' | 'bToA') => {
+      const rewriter = new StreamRewriter(map.clockRate);
+      return (p: RtpPacket) => {
+        const h = p.header;
+        const isAudio = h.payloadType === fromPt;
+        if (!isAudio && (fromDtmf === undefined || toDtmf === undefined || h.payloadType !== fromDtmf)) {
+          this.#counts.dropped++;
+          return;
+        }
+        const { seq, ts } = rewriter.rewrite(h.ssrc, h.sequenceNumber, h.timestamp);
+        const header = new RtpHeader({ payloadType: isAudio ? toPt : toDtmf!, marker: h.marker, sequenceNumber: seq, timestamp: ts, ssrc: rewriter.ssrc });
+        this.#counts[key]++;
+        if (isAudio) to.sendAudio(header, p.payload);
+        else to.sendDtmf(header, p.payload);
+      };
+    };
+    this.#disposer.on(a, 'rtp', forward(b, map.aPt, map.bPt, map.aDtmfPt, map.bDtmfPt, 'aToB'));
+    this.#disposer.on(b, 'rtp', forward(a, map.bPt, map.aPt, map.bDtmfPt, map.aDtmfPt, 'bToA'));
+  }
+
+  /** In RelayStats terms: the caller (a) stands where the SIP side would. */
+  get stats(): RelayStats {
+    return { toSip: { packets: this.#counts.bToA, dropped: 0, lost: 0 }, toBrowser: { packets: this.#counts.aToB, dropped: this.#counts.dropped, lost: 0 } };
+  }
+
+  stop(): void {
+    this.#disposer.dispose();
+  }
+}

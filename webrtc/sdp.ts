@@ -185,14 +185,7 @@ export function parsePlainOffer(sdp: string, allowed: readonly PlainRtpCodec[]):
  * sides): the codec is the first one the browser kept.
  */
 export function negotiateBrowserAnswer(answerSdp: string, sip: PlainOffer): NegotiatedMedia {
-  const s = parse(answerSdp);
-  const audio = s.media.find((m) => m.type === 'audio');
-  if (!audio || audio.port === 0) throw new SdpError('the browser rejected the audio stream', 488);
-  const answered = codecsOf(audio);
-  const chosen = answered.find((a) => a.name !== 'telephone-event' && sip.codecs.some((o) => o.pt === a.pt && o.name === a.name));
-  if (!chosen) throw new SdpError('the browser answered with no codec we offered', 488);
-  const codec = sip.codecs.find((o) => o.pt === chosen.pt)!;
-  const te = answered.find((a) => a.name === 'telephone-event' && sip.codecs.some((o) => o.pt === a.pt && o.name === 'telephone-event'));
+  const { codec, te } = chooseAnswered(answerSdp, sip.codecs);
   return {
     codec,
     browserPt: codec.pt,
@@ -201,6 +194,19 @@ export function negotiateBrowserAnswer(answerSdp: string, sip: PlainOffer): Nego
     sip: { address: sip.address, port: sip.port, rtcpPort: sip.rtcpPort },
     ptime: sip.ptime,
   };
+}
+
+/** The codec (and telephone-event) a browser kept from `offered`, in our payload type numbering. */
+export function chooseAnswered(answerSdp: string, offered: Codec[]): { codec: Codec; te: Codec | undefined } {
+  const s = parse(answerSdp);
+  const audio = s.media.find((m) => m.type === 'audio');
+  if (!audio || audio.port === 0) throw new SdpError('the browser rejected the audio stream', 488);
+  const answered = codecsOf(audio);
+  const chosen = answered.find((a) => a.name !== 'telephone-event' && offered.some((o) => o.pt === a.pt && o.name === a.name));
+  if (!chosen) throw new SdpError('the browser answered with no codec we offered', 488);
+  const codec = offered.find((o) => o.pt === chosen.pt)!;
+  const te = answered.find((a) => a.name === 'telephone-event' && offered.some((o) => o.pt === a.pt && o.name === 'telephone-event'));
+  return { codec, te };
 }
 
 /** Our plain RTP answer to a SIP peer: exactly the negotiated codec, and telephone-event when both have it. */

@@ -148,6 +148,28 @@ describe('inbound calls: SIP trunk to registered browsers', function () {
     assert.equal(done.code, 0, done.errors);
   });
 
+  it('bridges two registered users through the gateway with audio both ways', async () => {
+    await gateway();
+    const bob = await registered('bob');
+    const alice = await registered('alice');
+    const call = alice.call('sip:bob@127.0.0.1');
+    const inc = await bob.nextIncoming(10_000);
+    assert.equal(inc.fromUser, 'alice');
+    await inc.ringing();
+    assert.equal(await call.progress, 180);
+    await inc.answer();
+    await call.established;
+    const a = call.startSendingPcmu({ count: 60, intervalMs: 20 });
+    const b = inc.startSendingPcmu({ count: 60, intervalMs: 20 });
+    await Promise.all([call.waitForRtp(40, 10_000), inc.waitForRtp(40, 10_000), a, b]);
+    const info = gw!.controller.list()[0]!;
+    assert.equal(gw!.stats().peerConnections, 2, 'one PeerConnection per browser');
+    assert.ok(info.relay!.toSip.packets >= 40 && info.relay!.toBrowser.packets >= 40, JSON.stringify(info.relay));
+    await call.hangup();
+    const end = await inc.waitTerminated(10_000);
+    assert.equal(end.byeReceived, true);
+  });
+
   it('refuses calls from an address that is not a configured trunk with 403, creating nothing', async () => {
     await gateway({ extra: { trunks: [{ name: 'elsewhere', host: '127.0.0.1', port: 9, transport: 'udp', addresses: ['127.0.0.2'] }] } });
     await registered('alice');
