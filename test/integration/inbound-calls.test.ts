@@ -49,6 +49,8 @@ describe('inbound calls: SIP trunk to registered browsers', function () {
   /** Keywords each UAC scenario needs besides the test's own (SIPp rejects a scenario with one missing). */
   const UAC_DEFAULT_KEYS: Record<string, Record<string, string>> = {
     'uac-call': { bye_wait_ms: '15000', linger_ms: '500' },
+    'uac-cancel': { linger_ms: '500' },
+    'uac-expect-status': { linger_ms: '500' },
   };
 
   async function uac(scenario: string, keys: Record<string, string>, extra: Partial<SippOptions> = {}): Promise<SippPeer> {
