@@ -6,6 +6,7 @@ import { CallToBrowser } from './call-to-browser.js';
 import { Call, type CallDeps } from './call.js';
 import type { GatewayConfig } from './config.js';
 import type { GatewayMetrics } from './metrics.js';
+import type { TestExtensions } from './test-extensions.js';
 
 /** How often live calls are checked for media timeouts and ports for orphans. */
 const SWEEP_INTERVAL_MS = 1000;
@@ -27,7 +28,9 @@ export class CallController {
   #closing = false;
   totalCalls = 0;
 
-  constructor(opts: { sip: SipBackend; rtpPorts: PortAllocator; webrtcPorts: PortAllocator; config: GatewayConfig; log: Logger; metrics?: GatewayMetrics }) {
+  #extensions: TestExtensions | undefined;
+
+  constructor(opts: { sip: SipBackend; rtpPorts: PortAllocator; webrtcPorts: PortAllocator; config: GatewayConfig; log: Logger; metrics?: GatewayMetrics; extensions?: TestExtensions }) {
     const { config } = opts;
     const trunk = config.trunks[0]!;
     this.#deps = {
@@ -45,6 +48,7 @@ export class CallController {
     this.#config = config;
     this.#log = opts.log;
     this.#metrics = opts.metrics;
+    this.#extensions = opts.extensions;
     opts.sip.on('invite', (inbound) => this.#onInvite(inbound));
     this.#sweeper = setInterval(() => void this.#sweep(), Math.min(SWEEP_INTERVAL_MS, config.media.rtpTimeoutMs / 2, config.media.noMediaTimeoutMs / 2));
     this.#sweeper.unref();
@@ -113,7 +117,9 @@ export class CallController {
     const isUser = (name: string) => this.#config.users.some((u) => u.username === name);
     let user: string;
     if (trunkName === undefined) {
-      // A softphone: local users first, everything else to the trunk.
+      // A softphone: the built-in extensions, then local users, then the trunk.
+      const ext = this.#extensions?.target(inbound.toUser);
+      if (ext) return new Call(inbound, { ...this.#deps, trunk: ext, log: this.#log });
       if (!isUser(inbound.toUser)) return new Call(inbound, { ...this.#deps, log: this.#log });
       user = inbound.toUser;
     } else {

@@ -73,6 +73,11 @@ export const configSchema = z.strictObject({
     .strictObject({ host: host.default('127.0.0.1'), port: port.default(8089), token: z.string().min(16, 'must be at least 16 characters').optional() })
     .prefault({})
     .refine((a) => a.token !== undefined || isLoopback(a.host), { message: 'a token is required when the admin API listens on a non-loopback address', path: ['token'] }),
+  /** Built-in echo and tone numbers, reached through the trunk path (for trying the gateway without a PBX). */
+  testExtensions: z
+    .strictObject({ enabled: z.boolean().default(true), echo: z.string().regex(/^[0-9*#+]{1,32}$/).default('600'), tone: z.string().regex(/^[0-9*#+]{1,32}$/).default('601') })
+    .prefault({})
+    .refine((t) => t.echo !== t.tone, 'echo and tone need different numbers'),
   shutdown: z.strictObject({ drainMs: z.number().int().min(0).max(3_600_000).default(30_000) }).prefault({}),
   trunks: z
     .array(

@@ -9,6 +9,8 @@ import { CallController } from './call-controller.js';
 import type { GatewayConfig } from './config.js';
 import { createLogger } from './logger.js';
 import { GatewayMetrics } from './metrics.js';
+import { TestExtensions } from './test-extensions.js';
+import { serveWeb } from './web-server.js';
 
 export interface GatewayStats {
   calls: number;
@@ -49,7 +51,9 @@ export class Gateway {
   #admin: AdminApi | undefined;
   #closing: Promise<void> | undefined;
 
-  private constructor(config: GatewayConfig, log: Logger, httpServer: http.Server, sip: SipStack, rtpPorts: PortAllocator, webrtcPorts: PortAllocator, metrics: GatewayMetrics) {
+  #extensions: TestExtensions | undefined;
+
+  private constructor(config: GatewayConfig, log: Logger, httpServer: http.Server, sip: SipStack, rtpPorts: PortAllocator, webrtcPorts: PortAllocator, metrics: GatewayMetrics, extensions: TestExtensions | undefined) {
     this.log = log;
     this.config = config;
     this.#http = httpServer;
@@ -57,7 +61,8 @@ export class Gateway {
     this.rtpPorts = rtpPorts;
     this.webrtcPorts = webrtcPorts;
     this.metrics = metrics;
-    this.#controller = new CallController({ sip, rtpPorts, webrtcPorts, config, log, metrics });
+    this.#extensions = extensions;
+    this.#controller = new CallController({ sip, rtpPorts, webrtcPorts, config, log, metrics, ...(extensions ? { extensions } : {}) });
   }
 
   static async start(config: GatewayConfig, log: Logger = createLogger(config.log.level)): Promise<Gateway> {
@@ -65,11 +70,10 @@ export class Gateway {
     const rtpPorts = new PortAllocator({ host: bind, range: config.media.rtpPorts });
     const webrtcPorts = new PortAllocator({ host: bind, range: config.media.webrtcPorts });
     const server = http.createServer((req, res) => {
-      if (req.method === 'GET' && req.url === '/healthz') {
-        res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}');
-        return;
-      }
-      res.writeHead(404, { 'content-type': 'application/json' }).end('{"error":{"code":"NOT_FOUND","message":"not found"}}');
+      serveWeb(req, res, config).catch((err: unknown) => {
+        log.error({ err }, 'web request failed');
+        if (!res.headersSent) res.writeHead(500).end();
+      });
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -108,7 +112,15 @@ export class Gateway {
       await new Promise<void>((resolve) => server.close(() => resolve()));
       throw err;
     }
-    gw = new Gateway(config, log, server, sip, rtpPorts, webrtcPorts, metrics);
+    let extensions: TestExtensions | undefined;
+    try {
+      if (config.testExtensions.enabled) extensions = await TestExtensions.start(config.testExtensions, log);
+    } catch (err) {
+      await sip.close();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      throw err;
+    }
+    gw = new Gateway(config, log, server, sip, rtpPorts, webrtcPorts, metrics, extensions);
     try {
       gw.#admin = await AdminApi.start({
         config,
@@ -188,6 +200,7 @@ export class Gateway {
 
   async #closeRest(): Promise<void> {
     await this.#admin?.close();
+    await this.#extensions?.close();
     await this.#sip.close();
     this.#http.closeAllConnections();
     await new Promise<void>((resolve) => this.#http.close(() => resolve()));

@@ -67,6 +67,21 @@ describe('bridged call: SIP.js over WebSocket to SIPp over UDP', function () {
     assert.ok(received.includes('BYE'), `SIPp saw ${received.join(',')}`);
   });
 
+  it('reaches the built-in echo and tone extensions through the trunk path', async () => {
+    const { phone } = await setup({ scenario: 'uas-answer', calls: 1 });
+    const echo = phone.call('sip:600@127.0.0.1');
+    await echo.established;
+    const sending = echo.startSendingPcmu({ count: 60, intervalMs: 20 });
+    await echo.waitForRtp(40, 10_000);
+    await sending;
+    await echo.hangup();
+    const tone = phone.call('sip:601@127.0.0.1');
+    await tone.established;
+    await tone.waitForRtp(25, 10_000); // the tone plays without being sent anything
+    await tone.hangup();
+    assert.equal((await sipp!.stop()).stats?.created ?? 0, 0, 'the trunk saw neither call');
+  });
+
   it('bridges a call to a SIP peer over TCP', async () => {
     const { gw, sipp, phone } = await setup({ scenario: 'uas-answer', transport: 'tcp', rtpEcho: true, calls: 1, traceMsg: true });
     const call = phone.call('sip:1000@127.0.0.1');
