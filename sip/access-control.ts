@@ -174,7 +174,7 @@ export class AccessControl {
       transport: b.source.transport,
       source: `${b.source.address}:${b.source.port}`,
       ...(b.userAgent ? { userAgent: b.userAgent } : {}),
-      ...(b.instance ? { instance: b.instance } : {}),
+      ...(b.instance ? { instance: b.instance.replace(/^"(.*)"$/, '$1') } : {}),
     }));
   }
 

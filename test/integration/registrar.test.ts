@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import JsSIP from 'jssip';
 import { WebSocket } from 'ws';
 import type { Gateway } from '../../src/gateway.js';
 import { answerChallenge } from '../../sip/digest.js';
@@ -113,6 +114,30 @@ describe('registrar: digest authentication and bindings', function () {
     const deadline = Date.now() + 5000;
     while (g.sip.registrations().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     assert.equal(g.sip.registrations().length, 0, 'binding dropped with its WebSocket');
+  });
+
+  it('registers and unregisters a JsSIP client (RFC 5626 instance and reg-id)', async () => {
+    gw = await startGateway({ trunkPort: 9 });
+    (globalThis as { WebSocket?: unknown }).WebSocket ??= WebSocket;
+    const ua = new JsSIP.UA({ sockets: [new JsSIP.WebSocketInterface(wsUrl(gw))], uri: 'sip:bob@127.0.0.1', password: TEST_PASSWORD, register: false, register_expires: 120 });
+    closers.push(() => ua.stop());
+    const connected = new Promise<void>((resolve) => ua.once('connected', () => resolve()));
+    ua.start();
+    await connected;
+    const registered = new Promise<number>((resolve, reject) => {
+      ua.once('registered', (e: { response: { status_code: number } }) => resolve(e.response.status_code));
+      ua.once('registrationFailed', (e: { cause: string }) => reject(new Error(`JsSIP registration failed: ${e.cause}`)));
+    });
+    ua.register();
+    assert.equal(await registered, 200);
+    const [reg] = gw.sip.registrations();
+    assert.equal(reg?.user, 'bob');
+    assert.match(reg?.instance ?? '', /^<urn:uuid:[0-9a-f-]+>$/);
+    assert.match(reg?.userAgent ?? '', /JsSIP/);
+    const unregistered = new Promise<void>((resolve) => ua.once('unregistered', () => resolve()));
+    ua.unregister();
+    await unregistered;
+    assert.equal(gw.sip.registrations().length, 0);
   });
 
   for (const algorithm of ['SHA-256', 'MD5'] as const) {
