@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import type { RtpEndpoint } from '../webrtc/rtp-endpoint.js';
 import { SdpError } from '../webrtc/sdp.js';
 import { GatewayError, errorMessage } from './util/errors.js';
 import { Disposer, SafeEmitter } from './util/safe-emitter.js';
@@ -45,6 +46,26 @@ export interface CallInfo {
     };
   };
   relay?: { toSip: { packets: number; dropped: number; lost: number }; toBrowser: { packets: number; dropped: number; lost: number } };
+}
+
+/** The SIP side's media counters as CallInfo shows them. */
+export function rtpMediaInfo(rtp: RtpEndpoint): NonNullable<CallInfo['legs']['sip']['media']> {
+  const r = rtp.remote;
+  return {
+    localPorts: rtp.lease.ports,
+    ...(r ? { remote: `${r.address}:${r.port}` } : {}),
+    packetsIn: rtp.packetsIn,
+    packetsOut: rtp.packetsOut,
+    bytesIn: rtp.bytesIn,
+    bytesOut: rtp.bytesOut,
+    rtcpIn: rtp.rtcpIn,
+  };
+}
+
+/** The latest of some optional timestamps. */
+export function latest(...times: Array<number | undefined>): number | undefined {
+  const t = times.filter((x): x is number => x !== undefined);
+  return t.length > 0 ? Math.max(...t) : undefined;
 }
 
 export type CallEvents = { '@close': []; answered: [setupMs: number] };

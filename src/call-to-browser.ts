@@ -16,7 +16,7 @@ import {
   type PlainRtpCodec,
 } from '../webrtc/sdp.js';
 import { WebRtcEndpoint } from '../webrtc/webrtc-endpoint.js';
-import { CallBase, failureReason, type CallEndReason, type CallInfo } from './call-base.js';
+import { CallBase, failureReason, latest, rtpMediaInfo, type CallEndReason, type CallInfo } from './call-base.js';
 import { errorMessage } from './util/errors.js';
 
 export interface CallToBrowserDeps {
@@ -235,10 +235,6 @@ export class CallToBrowser extends CallBase {
   }
 
   mediaLiveness(): { sip: number | undefined; browser: number | undefined } {
-    const latest = (...t: Array<number | undefined>) => {
-      const v = t.filter((x): x is number => x !== undefined);
-      return v.length > 0 ? Math.max(...v) : undefined;
-    };
     const w = this.#winner?.webrtc;
     const c = this.#caller;
     const callerSide = this.#fromBrowser ? latest(c?.lastPacketAt, c?.lastRtcpAt) : latest(this.#rtp?.lastPacketAt, this.#rtp?.lastRtcpAt);
@@ -271,19 +267,7 @@ export class CallToBrowser extends CallBase {
           callId: this.#inbound.callId,
           state: this.#inbound.state,
           target: `${this.#inbound.source.transport}:${this.#inbound.source.address}:${this.#inbound.source.port}`,
-          ...(rtp
-            ? {
-                media: {
-                  localPorts: rtp.lease.ports,
-                  ...(rtp.remote ? { remote: `${rtp.remote.address}:${rtp.remote.port}` } : {}),
-                  packetsIn: rtp.packetsIn,
-                  packetsOut: rtp.packetsOut,
-                  bytesIn: rtp.bytesIn,
-                  bytesOut: rtp.bytesOut,
-                  rtcpIn: rtp.rtcpIn,
-                },
-              }
-            : {}),
+          ...(rtp ? { media: rtpMediaInfo(rtp) } : {}),
         },
       },
       ...(this.#relay ? { relay: this.#relay.stats } : {}),

@@ -5,7 +5,7 @@ import type { PortAllocator, PortLease } from '../webrtc/port-allocator.js';
 import { RtpEndpoint } from '../webrtc/rtp-endpoint.js';
 import { SdpError, buildPlainOffer, negotiateSipAnswer, parseWebRtcOffer, sipOfferCodecs, type NegotiatedMedia, type PlainRtpCodec } from '../webrtc/sdp.js';
 import { WebRtcEndpoint } from '../webrtc/webrtc-endpoint.js';
-import { CallBase, failureReason, type CallEndReason, type CallInfo, type CallState } from './call-base.js';
+import { CallBase, failureReason, latest, rtpMediaInfo, type CallEndReason, type CallInfo, type CallState } from './call-base.js';
 import { errorMessage } from './util/errors.js';
 
 export type { CallEndReason, CallInfo, CallState };
@@ -129,10 +129,6 @@ export class Call extends CallBase {
    * RTCP, as a peer on hold does, is alive.
    */
   mediaLiveness(): { sip: number | undefined; browser: number | undefined } {
-    const latest = (...t: Array<number | undefined>) => {
-      const d = t.filter((x): x is number => x !== undefined);
-      return d.length > 0 ? Math.max(...d) : undefined;
-    };
     return {
       sip: latest(this.#rtp?.lastPacketAt, this.#rtp?.lastRtcpAt),
       browser: latest(this.#webrtc?.lastPacketAt, this.#webrtc?.lastRtcpAt),
@@ -143,7 +139,6 @@ export class Call extends CallBase {
     const iso = (t: number | undefined) => (t ? new Date(t).toISOString() : undefined);
     const rtp = this.#rtp;
     const webrtc = this.#webrtc;
-    const remote = rtp?.remote;
     const t = this.#deps.trunk;
     const times = this.times;
     return {
@@ -167,19 +162,7 @@ export class Call extends CallBase {
         sip: {
           ...(this.#outbound ? { callId: this.#outbound.callId, state: this.#outbound.state } : {}),
           target: `${t.transport}:${t.host}:${t.port}`,
-          ...(rtp
-            ? {
-                media: {
-                  localPorts: rtp.lease.ports,
-                  ...(remote ? { remote: `${remote.address}:${remote.port}` } : {}),
-                  packetsIn: rtp.packetsIn,
-                  packetsOut: rtp.packetsOut,
-                  bytesIn: rtp.bytesIn,
-                  bytesOut: rtp.bytesOut,
-                  rtcpIn: rtp.rtcpIn,
-                },
-              }
-            : {}),
+          ...(rtp ? { media: rtpMediaInfo(rtp) } : {}),
         },
       },
       ...(this.#relay ? { relay: this.#relay.stats } : {}),

@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import type { Gateway } from '../../src/gateway.js';
-import { assertClean, startGateway, TEST_PASSWORD, waitFor, wsUrl } from '../support/gateway-harness.js';
+import { assertClean, startGateway, TEST_PASSWORD, waitFor, wsUrl, requireSipp } from '../support/gateway-harness.js';
 import { CallRejectedError, Softphone } from '../support/softphone.js';
 import { OPUS } from '../support/werift-sdh.js';
 import type { GatewayConfig } from '../../src/config.js';
 import { bindUdp, freeUdpRun } from '../support/ports.js';
-import { sippAvailable, startSipp, type SippOptions, type SippPeer } from '../support/sipp.js';
+import { startSipp, type SippOptions, type SippPeer } from '../support/sipp.js';
 
 /**
  * The first bridged call (issue 2): a SIP.js softphone over WebSocket (werift media) calls
@@ -20,12 +20,7 @@ describe('bridged call: SIP.js over WebSocket to SIPp over UDP', function () {
   let sipp: SippPeer | undefined;
   let phone: Softphone | undefined;
 
-  before(function () {
-    if (!sippAvailable()) {
-      if (process.env.CI) throw new Error('sipp is required in CI (apt-get install sip-tester)');
-      this.skip();
-    }
-  });
+  before(requireSipp);
 
   async function setup(opts: SippOptions & { t1?: number; rtpPorts?: [number, number]; codecs?: GatewayConfig['media']['codecs'] }): Promise<{ gw: Gateway; sipp: SippPeer; phone: Softphone }> {
     const { t1, rtpPorts, codecs, ...sippOpts } = opts;

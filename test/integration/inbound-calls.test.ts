@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import type { Gateway } from '../../src/gateway.js';
-import { TEST_PASSWORD, assertClean, startGateway, wsUrl, type HarnessOptions } from '../support/gateway-harness.js';
+import { TEST_PASSWORD, assertClean, startGateway, wsUrl, type HarnessOptions, requireSipp } from '../support/gateway-harness.js';
 import { Softphone } from '../support/softphone.js';
-import { sippAvailable, startSipp, type SippOptions, type SippPeer } from '../support/sipp.js';
+import { startSipp, type SippOptions, type SippPeer } from '../support/sipp.js';
 
 /**
  * Calls from a SIP trunk (SIPp UAC) to registered browsers (SIP.js + werift): forking, CANCEL,
@@ -15,12 +15,7 @@ describe('inbound calls: SIP trunk to registered browsers', function () {
   let sipp: SippPeer | undefined;
   const phones: Softphone[] = [];
 
-  before(function () {
-    if (!sippAvailable()) {
-      if (process.env.CI) throw new Error('sipp is required in CI (apt-get install sip-tester)');
-      this.skip();
-    }
-  });
+  before(requireSipp);
 
   afterEach(async function () {
     try {

@@ -6,10 +6,10 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { Gateway } from '../../src/gateway.js';
-import { assertClean, startGateway, TEST_PASSWORD, wsUrl } from '../support/gateway-harness.js';
+import { assertClean, startGateway, TEST_PASSWORD, wsUrl, requireSipp } from '../support/gateway-harness.js';
 import { assertRangeFree, freeUdpRun } from '../support/ports.js';
 import { Softphone } from '../support/softphone.js';
-import { sippAvailable, startSipp, type SippPeer } from '../support/sipp.js';
+import { startSipp, type SippPeer } from '../support/sipp.js';
 
 const TOKEN = 'test-admin-token-0123456789';
 const mainJs = fileURLToPath(new URL('../../src/main.js', import.meta.url));
@@ -48,12 +48,7 @@ describe('operations: admin API, metrics, media timeouts, graceful shutdown', fu
   let sipp: SippPeer | undefined;
   let phone: Softphone | undefined;
 
-  before(function () {
-    if (!sippAvailable()) {
-      if (process.env.CI) throw new Error('sipp is required in CI (apt-get install sip-tester)');
-      this.skip();
-    }
-  });
+  before(requireSipp);
 
   afterEach(async function () {
     try {

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import type { Gateway } from '../../src/gateway.js';
-import { assertClean, startGateway, TEST_PASSWORD, waitFor, wsUrl } from '../support/gateway-harness.js';
+import { assertClean, startGateway, TEST_PASSWORD, waitFor, wsUrl, requireSipp } from '../support/gateway-harness.js';
 import { Softphone } from '../support/softphone.js';
-import { sippAvailable, startSipp, type SippPeer } from '../support/sipp.js';
+import { startSipp, type SippPeer } from '../support/sipp.js';
 
 /** Loss, races, bad input and garbage collection: the invariant holds on every path. */
 describe('robustness: loss, races, bad input, garbage collection', function () {
@@ -13,12 +13,7 @@ describe('robustness: loss, races, bad input, garbage collection', function () {
   let sipp: SippPeer | undefined;
   const phones: Softphone[] = [];
 
-  before(function () {
-    if (!sippAvailable()) {
-      if (process.env.CI) throw new Error('sipp is required in CI (apt-get install sip-tester)');
-      this.skip();
-    }
-  });
+  before(requireSipp);
 
   afterEach(async function () {
     try {

@@ -1,6 +1,7 @@
 import { pino } from 'pino';
 import { loadConfig, type GatewayConfig } from '../../src/config.js';
 import { Gateway } from '../../src/gateway.js';
+import { sippAvailable } from './sipp.js';
 
 export interface HarnessOptions {
   trunkPort: number;
@@ -68,4 +69,11 @@ export async function assertClean(gw: Gateway, timeoutMs = 10_000): Promise<void
     const s = gw.stats();
     return s.calls === 0 && s.rtpPortsInUse === 0 && s.webrtcPortsInUse === 0 && s.peerConnections === 0;
   }, `a clean gateway (now ${JSON.stringify(gw.stats())})`, timeoutMs);
+}
+
+/** A mocha `before` hook: integration suites need SIPp; skip without it locally, fail in CI. */
+export function requireSipp(this: Mocha.Context): void {
+  if (sippAvailable()) return;
+  if (process.env.CI) throw new Error('sipp is required in CI (apt-get install sip-tester)');
+  this.skip();
 }
