@@ -99,8 +99,9 @@ export class PortAllocator {
     this.host = opts.host;
     this.min = min;
     this.max = max;
-    this.#maxAttempts = opts.maxAttempts ?? 16;
-    this.#cursor = min;
+    this.#maxAttempts = opts.maxAttempts ?? 256;
+    // A random start: two processes sharing a range (or a restart while old sockets linger) do not collide in lockstep.
+    this.#cursor = min + Math.floor(Math.random() * (max - min + 1));
   }
 
   get total(): number {

@@ -67,7 +67,6 @@ const ui = {
   loginSubmit: el('login-submit', HTMLButtonElement),
   loginError: el('login-error', HTMLElement),
   phonePanel: el('phone-panel', HTMLElement),
-  account: el('account', HTMLElement),
   logout: el('logout', HTMLButtonElement),
   callStatus: el('call-status', HTMLElement),
   callStateText: el('call-state-text', HTMLElement),
@@ -151,7 +150,6 @@ function render(): void {
   ui.loginPanel.hidden = loggedIn;
   ui.phonePanel.hidden = !loggedIn;
   ui.loginSubmit.disabled = !s.ready || busy;
-  ui.account.textContent = s.aor ? s.aor.replace(/^sip:/, '') : '';
 
   const call = s.call;
   const idle = call === 'idle';

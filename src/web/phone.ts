@@ -173,7 +173,7 @@ export class Phone {
         .register({
           requestDelegate: {
             onAccept: () => {
-              this.#setRegistration('registered', `as ${this.status.aor ?? ''}`);
+              this.#setRegistration('registered', `as ${this.status.aor?.replace(/^sip:/, '') ?? ''}`);
               resolve(true);
             },
             onReject: (res) => {
