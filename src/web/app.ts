@@ -25,10 +25,10 @@ const KEYS: ReadonlyArray<readonly [key: string, letters: string, label: string]
   ['1', '', '1'], ['2', 'ABC', '2'], ['3', 'DEF', '3'],
   ['4', 'GHI', '4'], ['5', 'JKL', '5'], ['6', 'MNO', '6'],
   ['7', 'PQRS', '7'], ['8', 'TUV', '8'], ['9', 'WXYZ', '9'],
-  ['*', '', 'star'], ['0', '+', '0'], ['#', '', 'pound'],
+  ['*', '', 'star'], ['0', '+', '0'], ['#', '', 'hash'],
 ];
 
-const EXTENSION_LABELS: Record<string, string> = { echo: 'Echo test', tone: 'Tone (440 Hz)' };
+const EXTENSION_LABELS: Record<string, string> = { echo: 'Echo test', tone: 'Tone 440 Hz' };
 const USER_KEY = 'softphone.user';
 
 const REG_TEXT: Record<RegistrationState, string> = {
@@ -220,7 +220,7 @@ function buildDialpad(): void {
     b.type = 'button';
     b.dataset['key'] = key;
     b.dataset['testid'] = `dialpad-${label}`;
-    b.setAttribute('aria-label', label === 'star' ? 'star' : label === 'pound' ? 'pound' : key);
+    b.setAttribute('aria-label', label);
     b.append(key);
     const small = document.createElement('small');
     small.textContent = letters;
@@ -236,8 +236,11 @@ function pressKey(key: string): void {
   phone.tones.unlock();
   if (phone.status.call === 'in-call') {
     ui.callError.textContent = '';
-    phone.sendDtmf(key);
-    if (phone.status.lastError?.startsWith('DTMF') || phone.status.lastError?.startsWith('sending DTMF')) ui.callError.textContent = phone.status.lastError;
+    try {
+      phone.sendDtmf(key);
+    } catch (err) {
+      showError(ui.callError, err);
+    }
   } else if (phone.status.call === 'idle') {
     ui.target.value += key;
     phone.tones.beep(key, 80);

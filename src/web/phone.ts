@@ -19,6 +19,7 @@ import {
 import { sampleCallStats } from './call-stats.js';
 import type { CallState, RegistrationState, SoftphoneStatus } from './status.js';
 import { Tones } from './tones.js';
+import { InvalidStateError, message, withTimeout } from './util.js';
 
 export interface LoginSettings {
   /** ws:// or wss:// URL of the gateway's SIP WebSocket. */
@@ -41,28 +42,12 @@ const RECONNECT_DELAYS_MS = [1000, 2000, 4000, 8000, 15000];
 const TEARDOWN_BOUND_MS = 3000;
 // SIP.js reports a lost REGISTER itself after Timer F (32 s).
 const REGISTER_BOUND_MS = 35_000;
-// Above SIP Timer F (32 s) would be pointless; a loopback gateway answers in milliseconds.
+// The gateway answers a re-INVITE at once (488 today); the page should not sit in "holding…" for Timer B (32 s).
 const REINVITE_BOUND_MS = 10_000;
 const MAX_EVENTS = 200;
 // SIP.js waits for ICE gathering to complete before sending an offer or answer. Host candidates
 // come in milliseconds; this only bounds a slow or unreachable STUN/TURN server from iceServers.
 const ICE_GATHERING_TIMEOUT_MS = 1000;
-
-export class InvalidStateError extends Error {
-  override readonly name = 'InvalidStateError';
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  return Promise.race([
-    p,
-    new Promise<T>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
-}
-
-const message = (err: unknown): string => (err instanceof Error ? err.message : String(err));
 
 export class Phone {
   readonly status: SoftphoneStatus = {
@@ -366,6 +351,7 @@ export class Phone {
     const sdh = s.sessionDescriptionHandler;
     const pc = sdh instanceof Web.SessionDescriptionHandler ? sdh.peerConnection : undefined;
     const directions = pc?.getTransceivers().map((t) => [t, t.direction] as const) ?? [];
+    const previousOptions = s.sessionDescriptionHandlerOptionsReInvite;
     const sdhOptions: Web.SessionDescriptionHandlerOptions = { hold: held, constraints: AUDIO_ONLY };
     const outcome = await withTimeout(
       new Promise<'accepted' | number>((resolve, reject) => {
@@ -390,6 +376,8 @@ export class Phone {
       await pc.setLocalDescription({ type: 'rollback' }).catch((err: unknown) => this.#error(`rollback failed: ${message(err)}`));
     }
     for (const [t, dir] of directions) if (t.direction !== dir && t.currentDirection !== 'stopped') t.direction = dir;
+    // SIP.js keeps re-INVITE options on the session: a later re-INVITE from the far end must not be answered "on hold".
+    s.sessionDescriptionHandlerOptionsReInvite = previousOptions;
     this.#reinviteRefused = true;
     this.#event(`reinvite-refused:${outcome}`);
     if (this.#session === s && s.state === SessionState.Established) this.#setHold(held, 'local');
@@ -415,24 +403,17 @@ export class Phone {
    * RFC 4733 telephone-events through SIP.js (RTCDTMFSender.insertDTMF). insertDTMF replaces the
    * tones still queued, so a key pressed while others play is appended to the queue instead.
    */
-  sendDtmf(key: string): boolean {
+  sendDtmf(key: string): void {
     if (!/^[0-9A-D*#]$/i.test(key)) throw new TypeError(`not a DTMF key: ${key}`);
     const sdh = this.#session?.sessionDescriptionHandler;
-    if (this.status.call !== 'in-call' || !(sdh instanceof Web.SessionDescriptionHandler)) return false;
+    if (this.status.call !== 'in-call' || !(sdh instanceof Web.SessionDescriptionHandler)) throw new InvalidStateError('DTMF needs a call in progress');
     const dtmf = sdh.peerConnection?.getSenders()[0]?.dtmf;
-    if (!dtmf || !dtmf.canInsertDTMF) {
-      this.#error('DTMF is not available in this call (no telephone-event negotiated)');
-      return false;
-    }
-    if (!sdh.sendDtmf(dtmf.toneBuffer + key, { duration: 100, interToneGap: 70 })) {
-      this.#error('sending DTMF failed');
-      return false;
-    }
+    if (!dtmf || !dtmf.canInsertDTMF) throw new InvalidStateError('DTMF is not available in this call (no telephone-event negotiated)');
+    if (!sdh.sendDtmf(dtmf.toneBuffer + key, { duration: 100, interToneGap: 70 })) throw new Error('sending DTMF failed');
     this.tones.beep(key);
     this.status.dtmfSent += key;
     this.#event(`dtmf:${key}`);
     this.onChange();
-    return true;
   }
 
   // ---- session lifecycle -----------------------------------------------------------------
