@@ -36,6 +36,9 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
 
   /** Resolves the flow and sends the INVITE; failures end the leg (never reject). */
   async start(): Promise<void> {
+    // Let the caller of createCall() attach its listeners before any outcome, even an immediate one.
+    await Promise.resolve();
+    if (this.#ended) return;
     const { target } = this.#opts;
     const o = this.#opts;
     let flow: Flow;
