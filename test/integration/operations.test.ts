@@ -171,6 +171,22 @@ describe('operations: admin API, metrics, media timeouts, graceful shutdown', fu
     assert.deepEqual(info.endReason, { by: 'gateway', cause: 'media-timeout', status: 408 });
   });
 
+  it('reclaims the ports of an answered call that never gets any media (no-media timeout)', async () => {
+    sipp = await startSipp({ scenario: 'uas-answer', calls: 1, traceMsg: true });
+    gw = await startGateway({ trunkPort: sipp.port, rtpTimeoutMs: 5000, noMediaTimeoutMs: 1000 });
+    phone = await Softphone.connect({ server: wsUrl(gw), user: 'alice', domain: '127.0.0.1', password: TEST_PASSWORD });
+    const call = phone.call('sip:1000@127.0.0.1');
+    await call.established;
+    const id = gw.controller.calls()[0]!.id;
+    const held = (await api(gw, '/api/rtp')).body.ports.filter((p: any) => p.owner.callId === id);
+    assert.ok(held.length >= 3 && held.every((p: any) => p.state === 'allocated'), JSON.stringify(held));
+    const end = await call.waitTerminated(10_000);
+    assert.equal(end.byeReceived, true);
+    assert.equal((await sipp.done).code, 0);
+    assert.deepEqual(gw.controller.find(id)!.endReason, { by: 'gateway', cause: 'no-media', status: 408 });
+    assert.deepEqual((await api(gw, '/api/rtp')).body.ports, []);
+  });
+
   it('drains on SIGTERM: both sides of two calls get BYE, the process exits 0, no port stays bound', async function () {
     const rtpBase = await freeUdpRun(10);
     const webrtcBase = await freeUdpRun(10);
