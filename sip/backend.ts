@@ -1,4 +1,5 @@
 import type { EventEmitter } from 'node:events';
+import type { DigestCredentials } from './digest.js';
 import type { TransportKind } from './transport/flow.js';
 
 /**
@@ -94,6 +95,8 @@ export interface OutboundCallOptions {
   offer: string;
   /** Extra headers (full lines). */
   headers?: string[];
+  /** Answers one 401/407 to the INVITE with these (a trunk's account). */
+  credentials?: DigestCredentials;
 }
 
 export type OutboundCall = SipCallLeg;

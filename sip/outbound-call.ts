@@ -2,6 +2,7 @@ import { SafeEmitter } from '../src/util/safe-emitter.js';
 import type { LegEnd, LegEvents, LegState, OutboundCall, OutboundCallOptions, TerminateOptions } from './backend.js';
 import { Dialog } from './dialog.js';
 import { handleInDialogRequest, sendBye } from './in-dialog.js';
+import { answerChallenge, pickChallenge } from './digest.js';
 import { buildRequest, newBranch, randomToken, type ParsedRequest, type ParsedResponse } from './message.js';
 import type { DialogOwner, StackContext } from './stack-context.js';
 import type { ClientTransaction, ServerTransaction } from './transactions.js';
@@ -23,6 +24,8 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
   /** CANCEL must wait for a provisional response (RFC 3261 §9.1). */
   #cancelPending: string | undefined;
   #cancelSent = false;
+  /** A challenge is answered once; a second one ends the call. */
+  #authTried = false;
 
   constructor(ctx: StackContext, opts: OutboundCallOptions) {
     super(ctx.log);
@@ -69,8 +72,15 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
     this.#flow = flow;
     const display = o.fromDisplayName ? `"${o.fromDisplayName.replace(/["\\]/g, '')}" ` : '';
     const from = `${display}<sip:${o.fromUser}@${this.#ctx.domain(flow)}>;tag=${this.#localTag}`;
+    this.#sendInvite(flow, ruri, from, to, []);
+  }
+
+  /** Sends (or re-sends with credentials, RFC 3261 §22.2) the INVITE in a new client transaction. */
+  #sendInvite(flow: Flow, ruri: string, from: string, to: string, authHeaders: string[]): void {
+    const o = this.#opts;
     const branch = newBranch();
     const via = this.#ctx.via(flow, branch);
+    const cseq = this.#cseq;
     const text = buildRequest({
       method: 'INVITE',
       ruri,
@@ -78,19 +88,40 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
       from,
       to,
       callId: this.callId,
-      cseq: this.#cseq,
+      cseq,
       contact: this.#ctx.contact(flow),
-      headers: ['Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO', ...(o.headers ?? [])],
+      headers: ['Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO', ...authHeaders, ...(o.headers ?? [])],
       body: o.offer,
     });
-    const buildAck = (res: ParsedResponse) =>
-      buildRequest({ method: 'ACK', ruri, via, from, to: res.msg.getHeader('to') ?? to, callId: this.callId, cseq: this.#cseq });
+    const buildAck = (res: ParsedResponse) => buildRequest({ method: 'ACK', ruri, via, from, to: res.msg.getHeader('to') ?? to, callId: this.callId, cseq });
     const txn = this.#ctx.sendRequest(flow, 'INVITE', branch, text, buildAck);
     this.#invite = { branch, via, ruri, from, to, txn };
     txn.on('response', (res) => this.#onResponse(res));
     txn.on('timeout', () => this.#end({ cause: 'timeout', status: 408, reason: 'no final response (Timer B)' }));
     txn.on('transportError', (err) => this.#end({ cause: 'transport', status: 503, reason: err.message }));
     txn.start();
+  }
+
+  /** Answers a 401/407 to our INVITE once with the trunk's credentials; true if it did. */
+  #retryWithCredentials(res: ParsedResponse): boolean {
+    const creds = this.#opts.credentials;
+    const inv = this.#invite;
+    if (!creds || this.#authTried || !inv || !this.#flow || this.#ended) return false;
+    const proxy = res.status === 407;
+    const name = proxy ? 'Proxy-Authenticate' : 'WWW-Authenticate';
+    // sip.js keeps only the last challenge header: read them all from the raw message.
+    const challenges = res.msg.data
+      .slice(0, res.msg.data.indexOf('\r\n\r\n'))
+      .split('\r\n')
+      .filter((l) => l.toLowerCase().startsWith(`${name.toLowerCase()}:`))
+      .map((l) => l.slice(name.length + 1).trim());
+    const challenge = pickChallenge(challenges, creds);
+    const answer = challenge ? answerChallenge(challenge, creds, { method: 'INVITE', uri: inv.ruri }) : undefined;
+    if (!answer) return false;
+    this.#authTried = true;
+    this.#cseq++;
+    this.#sendInvite(this.#flow, inv.ruri, inv.from, inv.to, [`${proxy ? 'Proxy-Authorization' : 'Authorization'}: ${answer.header}`]);
+    return true;
   }
 
   terminate(opts: TerminateOptions = {}): void {
@@ -119,6 +150,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
       return;
     }
     if (s >= 300) {
+      if ((s === 401 || s === 407) && this.#cancelPending === undefined && this.#retryWithCredentials(res)) return;
       this.#end({ cause: 'rejected', status: s, reason: res.msg.reasonPhrase });
       return;
     }

@@ -37,7 +37,21 @@ export class CallController {
       sip: opts.sip,
       rtpPorts: opts.rtpPorts,
       webrtcPorts: opts.webrtcPorts,
-      trunk: { host: trunk.host, port: trunk.port, transport: trunk.transport },
+      trunk: {
+        host: trunk.host,
+        port: trunk.port,
+        transport: trunk.transport,
+        ...(trunk.username && (trunk.password || trunk.ha1)
+          ? {
+              credentials: {
+                username: trunk.username,
+                ...(trunk.authUsername ? { authUsername: trunk.authUsername } : {}),
+                ...(trunk.password ? { password: trunk.password } : {}),
+                ...(trunk.ha1 ? { ha1: trunk.ha1 } : {}),
+              },
+            }
+          : {}),
+      },
       media: {
         announceAddress: config.media.announceAddress,
         bindAddress: config.media.bindAddress ?? config.http.host,

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import type { InboundCall, LegEnd, OutboundCall, SipBackend } from '../sip/backend.js';
+import type { DigestCredentials } from '../sip/digest.js';
 import { MediaRelay } from '../webrtc/media-relay.js';
 import type { PortAllocator, PortLease } from '../webrtc/port-allocator.js';
 import { RtpEndpoint } from '../webrtc/rtp-endpoint.js';
@@ -14,7 +15,7 @@ export interface CallDeps {
   sip: SipBackend;
   rtpPorts: PortAllocator;
   webrtcPorts: PortAllocator;
-  trunk: { host: string; port: number; transport: 'udp' | 'tcp' };
+  trunk: { host: string; port: number; transport: 'udp' | 'tcp'; credentials?: DigestCredentials };
   media: { announceAddress: string; bindAddress: string; codecs: readonly PlainRtpCodec[]; webrtcSetupTimeoutMs: number };
   log: Logger;
 }
@@ -52,8 +53,10 @@ export class Call extends CallBase {
     const rtp = new RtpEndpoint(lease, this.log);
     this.#rtp = rtp;
 
+    const { credentials, ...target } = d.trunk;
     const outbound = d.sip.createCall({
-      target: d.trunk,
+      target,
+      ...(credentials ? { credentials } : {}),
       toUser: this.#inbound.toUser,
       fromUser: this.#inbound.fromUser || 'anonymous',
       offer: buildPlainOffer({ address: d.media.announceAddress, port: rtp.port, codecs }),

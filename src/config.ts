@@ -90,6 +90,11 @@ export const configSchema = z.strictObject({
         addresses: z.array(host).min(1).optional(),
         /** Tell the trunk apart by source port as well (several peers on one host). */
         matchPort: z.boolean().default(false),
+        /** Our account on the trunk: answers its 401/407 challenges to our INVITEs. */
+        username: z.string().min(1).max(128).optional(),
+        authUsername: z.string().min(1).max(128).optional(),
+        password: z.string().min(1).max(256).optional(),
+        ha1: z.strictObject({ md5: z.string().regex(/^[0-9a-f]{32}$/).optional(), sha256: z.string().regex(/^[0-9a-f]{64}$/).optional() }).optional(),
         /** Inbound routing: dialled number (Request-URI user) to local user. */
         dids: z.record(z.string().min(1).max(64), z.string().min(1)).default({}),
       }),

@@ -22,10 +22,10 @@ describe('bridged call: SIP.js over WebSocket to SIPp over UDP', function () {
 
   before(requireSipp);
 
-  async function setup(opts: SippOptions & { t1?: number; rtpPorts?: [number, number]; codecs?: GatewayConfig['media']['codecs'] }): Promise<{ gw: Gateway; sipp: SippPeer; phone: Softphone }> {
-    const { t1, rtpPorts, codecs, ...sippOpts } = opts;
+  async function setup(opts: SippOptions & { t1?: number; rtpPorts?: [number, number]; codecs?: GatewayConfig['media']['codecs']; trunk?: Record<string, unknown> }): Promise<{ gw: Gateway; sipp: SippPeer; phone: Softphone }> {
+    const { t1, rtpPorts, codecs, trunk, ...sippOpts } = opts;
     sipp = await startSipp({ transport: 'udp', ...sippOpts });
-    gw = await startGateway({ trunkPort: sipp.port, trunkTransport: sipp.transport, ...(t1 ? { t1 } : {}), ...(rtpPorts ? { rtpPorts } : {}), ...(codecs ? { codecs } : {}) });
+    gw = await startGateway({ trunkPort: sipp.port, trunkTransport: sipp.transport, ...(t1 ? { t1 } : {}), ...(rtpPorts ? { rtpPorts } : {}), ...(codecs ? { codecs } : {}), ...(trunk ? { trunk } : {}) });
     phone = await Softphone.connect({ server: wsUrl(gw), user: 'alice', domain: '127.0.0.1', password: TEST_PASSWORD });
     return { gw, sipp, phone };
   }
@@ -91,6 +91,23 @@ describe('bridged call: SIP.js over WebSocket to SIPp over UDP', function () {
     const received = (await sipp.messages()).filter((m) => m.kind === 'received').map((m) => `${m.transport}:${m.method}`);
     assert.ok(received.some((r) => /tcp:BYE/i.test(r)), `SIPp saw ${received.join(',')}`);
   });
+
+  for (const [password, outcome] of [
+    ['trunk-secret', 'answers'],
+    ['wrong-secret', 'is refused with 403 and nothing leaks'],
+  ] as const) {
+    it(`answers the trunk's 401 challenge once with its credentials: the call ${outcome}`, async () => {
+      const { sipp, phone } = await setup({ scenario: 'uas-auth', calls: 1, keys: { pt: '0', codec: 'PCMU' }, trunk: { username: 'gwtrunk', password } });
+      const call = phone.call('sip:1000@127.0.0.1');
+      if (password === 'trunk-secret') {
+        await call.established;
+        await call.hangup();
+        assert.equal((await sipp.done).code, 0);
+      } else {
+        await assert.rejects(call.established, (e: unknown) => e instanceof CallRejectedError && e.statusCode === 403);
+      }
+    });
+  }
 
   it('SIPp hangs up: the client receives BYE and the gateway ends clean', async () => {
     const { sipp, phone } = await setup({ scenario: 'uas-answer-then-bye', rtpEcho: true, calls: 1, keys: { hold_ms: '1500' } });

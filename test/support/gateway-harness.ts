@@ -15,6 +15,8 @@ export interface HarnessOptions {
   noMediaTimeoutMs?: number;
   ringTimeoutMs?: number;
   dids?: Record<string, string>;
+  /** More trunk settings (credentials...). */
+  trunk?: Record<string, unknown>;
   /** Raw config merged last. */
   extra?: Record<string, unknown>;
 }
@@ -41,7 +43,7 @@ export async function startGateway(opts: HarnessOptions): Promise<Gateway> {
       ...(opts.rtpTimeoutMs ? { rtpTimeoutMs: opts.rtpTimeoutMs } : {}),
       ...(opts.noMediaTimeoutMs ? { noMediaTimeoutMs: opts.noMediaTimeoutMs } : {}),
     },
-    trunks: [{ name: 'sipp', host: '127.0.0.1', port: opts.trunkPort, transport: opts.trunkTransport ?? 'udp', ...(opts.dids ? { dids: opts.dids } : {}) }],
+    trunks: [{ name: 'sipp', host: '127.0.0.1', port: opts.trunkPort, transport: opts.trunkTransport ?? 'udp', ...(opts.dids ? { dids: opts.dids } : {}), ...opts.trunk }],
     users: TEST_USERS.map((username) => ({ username, password: TEST_PASSWORD })),
     ...(opts.ringTimeoutMs ? { calls: { ringTimeoutMs: opts.ringTimeoutMs } } : {}),
     ...(opts.extra ?? {}),
