@@ -263,7 +263,8 @@ export class DigestAuthenticator {
       this.#seen.delete(key);
       if (!expired) this.#evictedUpTo = Math.max(this.#evictedUpTo, rec.issued);
     }
-    this.#seen.set(nonce, { nc, issued });
+    // A copy, not the parsed substring: V8 may keep the whole received message alive behind a sliced string.
+    this.#seen.set(Buffer.from(nonce, 'latin1').toString('latin1'), { nc, issued });
   }
 
   #mac(body: Buffer): Buffer {
