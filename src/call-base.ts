@@ -1,5 +1,7 @@
 import type { Logger } from 'pino';
+import type { PortAllocator, PortLease } from '../webrtc/port-allocator.js';
 import type { RtpEndpoint } from '../webrtc/rtp-endpoint.js';
+import type { WebRtcEndpoint } from '../webrtc/webrtc-endpoint.js';
 import { SdpError } from '../webrtc/sdp.js';
 import { GatewayError, errorMessage } from './util/errors.js';
 import { Disposer, SafeEmitter } from './util/safe-emitter.js';
@@ -159,6 +161,32 @@ export abstract class CallBase extends SafeEmitter<CallEvents> {
     }
     this.#resources.push(close);
     return true;
+  }
+
+  /**
+   * A PeerConnection for one browser leg: reserves its ports, creates it, ties both to the call,
+   * gives back the reserved port werift did not bind, and lets the browser's packets turn the port
+   * `active`. Undefined when the call ended meanwhile (everything is already released then).
+   */
+  protected async openWebRtc(
+    ports: PortAllocator,
+    leg: string,
+    create: (portRange: [number, number]) => Promise<WebRtcEndpoint>,
+  ): Promise<{ endpoint: WebRtcEndpoint; lease: PortLease } | undefined> {
+    // werift refuses a one-port icePortRange, so each PeerConnection reserves two and binds the first free.
+    const lease = await ports.allocate({ callId: this.id, leg }, ['webrtc', 'webrtc'], { bind: false });
+    if (!this.own(() => lease.release())) return undefined;
+    let endpoint: WebRtcEndpoint;
+    try {
+      endpoint = await create([lease.ports[0]!, lease.ports[1]!]);
+    } catch (err) {
+      await lease.release(); // a failed leg gives its ports back now, not when the call ends
+      throw err;
+    }
+    if (!this.own(() => endpoint.close())) return undefined;
+    if (lease.ports.includes(endpoint.localPort)) lease.keepOnly(endpoint.localPort);
+    this.disposer.on(endpoint, 'rtp', (p: { payload: Buffer }) => lease.touch(0, p.payload.length + 12));
+    return { endpoint, lease };
   }
 
   /** Hangs the call up from the gateway side (admin, shutdown, timeouts). */

@@ -96,20 +96,19 @@ export class CallToBrowser extends CallBase {
     const fork: Fork = { contact, leg: undefined, webrtc: undefined, lease: undefined, ended: undefined };
     this.#forks.push(fork);
     try {
-      const lease = await d.webrtcPorts.allocate({ callId: this.id, leg: `browser:${this.#forks.length}` }, ['webrtc', 'webrtc'], { bind: false });
-      if (!this.own(() => lease.release())) return;
-      fork.lease = lease;
-      const webrtc = await WebRtcEndpoint.createOffer({
-        codecs: this.#forkCodecs,
-        portRange: [lease.ports[0]!, lease.ports[1]!],
-        bindAddress: d.media.bindAddress,
-        announceAddress: d.media.announceAddress,
-        setupTimeoutMs: d.media.webrtcSetupTimeoutMs,
-        log: this.log,
-      });
-      if (!this.own(() => webrtc.close())) return;
-      fork.webrtc = webrtc;
-      if (lease.ports.includes(webrtc.localPort)) lease.keepOnly(webrtc.localPort);
+      const opened = await this.openWebRtc(d.webrtcPorts, `browser:${this.#forks.length}`, (portRange) =>
+        WebRtcEndpoint.createOffer({
+          codecs: this.#forkCodecs,
+          portRange,
+          bindAddress: d.media.bindAddress,
+          announceAddress: d.media.announceAddress,
+          setupTimeoutMs: d.media.webrtcSetupTimeoutMs,
+          log: this.log,
+        }),
+      );
+      if (!opened) return;
+      fork.lease = opened.lease;
+      const webrtc = (fork.webrtc = opened.endpoint);
       const leg = d.sip.createCall({
         target: { contact },
         toUser: this.#user,
@@ -167,8 +166,7 @@ export class CallToBrowser extends CallBase {
     this.#winner = fork;
     for (const other of this.#forks) if (other !== fork) this.#closeFork(other);
     const webrtc = fork.webrtc!;
-    const watch = (ep: WebRtcEndpoint, lease: PortLease) => {
-      this.disposer.on(ep, 'rtp', (p: { payload: Buffer }) => lease.touch(0, p.payload.length + 12));
+    const watch = (ep: WebRtcEndpoint) => {
       this.disposer.on(ep, 'failed', (reason: string) => void this.teardown({ by: 'browser', cause: 'webrtc-failed', status: 500 }, reason));
     };
     if (this.#fromBrowser) {
@@ -179,7 +177,7 @@ export class CallToBrowser extends CallBase {
     this.#media = media;
     await webrtc.applyAnswer(sdp, media.dtmf?.browserPt);
     if (this.closed) return;
-    watch(webrtc, fork.lease!);
+    watch(webrtc);
     this.#relay = new MediaRelay(webrtc, this.#rtp!, media);
     this.#inbound.accept(buildPlainAnswer({ address: this.#deps.media.announceAddress, port: this.#rtp!.port, media }));
     this.markAnswered();
@@ -187,28 +185,27 @@ export class CallToBrowser extends CallBase {
   }
 
   /** Browser to browser: answer the caller with exactly the codec the callee kept, and bridge the two PeerConnections. */
-  async #bridgeToCaller(fork: Fork, sdp: string, watch: (ep: WebRtcEndpoint, lease: PortLease) => void): Promise<void> {
+  async #bridgeToCaller(fork: Fork, sdp: string, watch: (ep: WebRtcEndpoint) => void): Promise<void> {
     const d = this.#deps;
     const { codec, te } = chooseAnswered(sdp, this.#forkCodecs);
     this.#media = { codec, browserPt: codec.pt, sipPt: codec.pt, sip: { address: '', port: 0, rtcpPort: 0 }, ptime: 20 };
     await fork.webrtc!.applyAnswer(sdp, te?.pt);
-    const lease = await d.webrtcPorts.allocate({ callId: this.id, leg: 'caller' }, ['webrtc', 'webrtc'], { bind: false });
-    if (!this.own(() => lease.release())) return;
-    const caller = await WebRtcEndpoint.create({
-      offer: this.#inbound.offer,
-      codec,
-      ...(te ? { dtmfPt: te.pt } : {}),
-      portRange: [lease.ports[0]!, lease.ports[1]!],
-      bindAddress: d.media.bindAddress,
-      announceAddress: d.media.announceAddress,
-      setupTimeoutMs: d.media.webrtcSetupTimeoutMs,
-      log: this.log,
-    });
-    if (!this.own(() => caller.close())) return;
-    this.#caller = caller;
-    if (lease.ports.includes(caller.localPort)) lease.keepOnly(caller.localPort);
-    watch(caller, lease);
-    watch(fork.webrtc!, fork.lease!);
+    const opened = await this.openWebRtc(d.webrtcPorts, 'caller', (portRange) =>
+      WebRtcEndpoint.create({
+        offer: this.#inbound.offer,
+        codec,
+        ...(te ? { dtmfPt: te.pt } : {}),
+        portRange,
+        bindAddress: d.media.bindAddress,
+        announceAddress: d.media.announceAddress,
+        setupTimeoutMs: d.media.webrtcSetupTimeoutMs,
+        log: this.log,
+      }),
+    );
+    if (!opened) return;
+    const caller = (this.#caller = opened.endpoint);
+    watch(caller);
+    watch(fork.webrtc!);
     this.#relay = new WebRtcBridge(caller, fork.webrtc!, {
       aPt: codec.pt,
       bPt: codec.pt,

@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import type { InboundCall, LegEnd, OutboundCall, SipBackend } from '../sip/backend.js';
 import type { DigestCredentials } from '../sip/digest.js';
 import { MediaRelay } from '../webrtc/media-relay.js';
-import type { PortAllocator, PortLease } from '../webrtc/port-allocator.js';
+import type { PortAllocator } from '../webrtc/port-allocator.js';
 import { RtpEndpoint } from '../webrtc/rtp-endpoint.js';
 import { SdpError, buildPlainOffer, negotiateSipAnswer, parseWebRtcOffer, sipOfferCodecs, type NegotiatedMedia, type PlainRtpCodec } from '../webrtc/sdp.js';
 import { WebRtcEndpoint } from '../webrtc/webrtc-endpoint.js';
@@ -83,27 +83,22 @@ export class Call extends CallBase {
     const d = this.#deps;
     const media = negotiateSipAnswer(sdp, offered);
     this.#media = media;
-    // werift refuses a one-port icePortRange, so each PeerConnection reserves two and binds the first free.
-    const lease: PortLease = await d.webrtcPorts.allocate({ callId: this.id, leg: 'browser' }, ['webrtc', 'webrtc'], { bind: false });
-    if (!this.own(() => lease.release())) return;
-    this.#webrtcPorts = lease.ports;
-    const webrtc = await WebRtcEndpoint.create({
-      offer: this.#inbound.offer,
-      codec: media.codec,
-      ...(media.dtmf ? { dtmfPt: media.dtmf.browserPt } : {}),
-      portRange: [lease.ports[0]!, lease.ports[1]!],
-      bindAddress: d.media.bindAddress,
-      announceAddress: d.media.announceAddress,
-      setupTimeoutMs: d.media.webrtcSetupTimeoutMs,
-      log: this.log,
-    });
-    // Registered before the state check: a call that ended meanwhile closes it right here.
-    if (!this.own(() => webrtc.close())) return;
+    const opened = await this.openWebRtc(d.webrtcPorts, 'browser', (portRange) =>
+      WebRtcEndpoint.create({
+        offer: this.#inbound.offer,
+        codec: media.codec,
+        ...(media.dtmf ? { dtmfPt: media.dtmf.browserPt } : {}),
+        portRange,
+        bindAddress: d.media.bindAddress,
+        announceAddress: d.media.announceAddress,
+        setupTimeoutMs: d.media.webrtcSetupTimeoutMs,
+        log: this.log,
+      }),
+    );
+    if (!opened) return;
+    const webrtc = opened.endpoint;
     this.#webrtc = webrtc;
-    if (lease.ports.includes(webrtc.localPort)) lease.keepOnly(webrtc.localPort);
-    this.#webrtcPorts = lease.ports;
-    // The port's state (allocated -> active) follows the browser's packets, as the SIP side's does.
-    this.disposer.on(webrtc, 'rtp', (p: { payload: Buffer }) => lease.touch(0, p.payload.length + 12));
+    this.#webrtcPorts = opened.lease.ports;
     this.disposer.on(webrtc, 'failed', (reason: string) => void this.teardown({ by: 'browser', cause: 'webrtc-failed', status: 500 }, reason));
     this.#relay = new MediaRelay(webrtc, this.#rtp!, media);
     this.#inbound.accept(webrtc.localSdp);
