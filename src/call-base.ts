@@ -64,6 +64,15 @@ export function rtpMediaInfo(rtp: RtpEndpoint): NonNullable<CallInfo['legs']['si
   };
 }
 
+/** The options every browser leg's PeerConnection shares, from the gateway's media settings. */
+export function endpointBase(
+  media: { bindAddress: string; announceAddress: string; webrtcSetupTimeoutMs: number },
+  portRange: [number, number],
+  log: Logger,
+): { portRange: [number, number]; bindAddress: string; announceAddress: string; setupTimeoutMs: number; log: Logger } {
+  return { portRange, bindAddress: media.bindAddress, announceAddress: media.announceAddress, setupTimeoutMs: media.webrtcSetupTimeoutMs, log };
+}
+
 /** The latest of some optional timestamps. */
 export function latest(...times: Array<number | undefined>): number | undefined {
   const t = times.filter((x): x is number => x !== undefined);

@@ -16,7 +16,7 @@ import {
   type PlainRtpCodec,
 } from '../webrtc/sdp.js';
 import { WebRtcEndpoint } from '../webrtc/webrtc-endpoint.js';
-import { CallBase, failureReason, latest, rtpMediaInfo, type CallEndReason, type CallInfo } from './call-base.js';
+import { CallBase, endpointBase, failureReason, latest, rtpMediaInfo, type CallEndReason, type CallInfo } from './call-base.js';
 import { errorMessage } from './util/errors.js';
 
 export interface CallToBrowserDeps {
@@ -99,11 +99,7 @@ export class CallToBrowser extends CallBase {
       const opened = await this.openWebRtc(d.webrtcPorts, `browser:${this.#forks.length}`, (portRange) =>
         WebRtcEndpoint.createOffer({
           codecs: this.#forkCodecs,
-          portRange,
-          bindAddress: d.media.bindAddress,
-          announceAddress: d.media.announceAddress,
-          setupTimeoutMs: d.media.webrtcSetupTimeoutMs,
-          log: this.log,
+          ...endpointBase(d.media, portRange, this.log),
         }),
       );
       if (!opened) return;
@@ -195,11 +191,7 @@ export class CallToBrowser extends CallBase {
         offer: this.#inbound.offer,
         codec,
         ...(te ? { dtmfPt: te.pt } : {}),
-        portRange,
-        bindAddress: d.media.bindAddress,
-        announceAddress: d.media.announceAddress,
-        setupTimeoutMs: d.media.webrtcSetupTimeoutMs,
-        log: this.log,
+        ...endpointBase(d.media, portRange, this.log),
       }),
     );
     if (!opened) return;

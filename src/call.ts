@@ -6,7 +6,7 @@ import type { PortAllocator } from '../webrtc/port-allocator.js';
 import { RtpEndpoint } from '../webrtc/rtp-endpoint.js';
 import { SdpError, buildPlainOffer, negotiateSipAnswer, parseWebRtcOffer, sipOfferCodecs, type NegotiatedMedia, type PlainRtpCodec } from '../webrtc/sdp.js';
 import { WebRtcEndpoint } from '../webrtc/webrtc-endpoint.js';
-import { CallBase, failureReason, latest, rtpMediaInfo, type CallEndReason, type CallInfo, type CallState } from './call-base.js';
+import { CallBase, endpointBase, failureReason, latest, rtpMediaInfo, type CallEndReason, type CallInfo, type CallState } from './call-base.js';
 import { errorMessage } from './util/errors.js';
 
 export type { CallEndReason, CallInfo, CallState };
@@ -88,11 +88,7 @@ export class Call extends CallBase {
         offer: this.#inbound.offer,
         codec: media.codec,
         ...(media.dtmf ? { dtmfPt: media.dtmf.browserPt } : {}),
-        portRange,
-        bindAddress: d.media.bindAddress,
-        announceAddress: d.media.announceAddress,
-        setupTimeoutMs: d.media.webrtcSetupTimeoutMs,
-        log: this.log,
+        ...endpointBase(d.media, portRange, this.log),
       }),
     );
     if (!opened) return;
