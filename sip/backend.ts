@@ -85,12 +85,46 @@ export interface ContactTarget {
   source: { transport: TransportKind; address: string; port: number; flowId: string };
 }
 
+/** Transports a SIP peer (trunk, PBX) can be reached on. */
+export type PeerTransport = 'udp' | 'tcp' | 'tls';
+
+/** A SIP peer as configured: an IP address, or a domain resolved per RFC 3263. */
+export interface SipTarget {
+  host: string;
+  /** Absent: from SRV for a domain, else 5060 (5061 for TLS). */
+  port?: number;
+  /** Absent: from NAPTR for a domain without a port, else UDP. */
+  transport?: PeerTransport;
+}
+
+/** One resolved place to send to; a target resolves to a list of these in order of preference. */
+export interface Destination {
+  transport: PeerTransport;
+  address: string;
+  port: number;
+  /** The domain this came from (TLS server name, logs); the address itself for IP targets. */
+  hostname: string;
+}
+
+/** How to reach a trunk: its domain (Request-URI, To) and, optionally, an outbound proxy to send through. */
+export interface TrunkTarget {
+  target: SipTarget;
+  /** Requests go here with `Route: <sip:proxy;lr>` (RFC 3261 §8.1.2); the Request-URI keeps the trunk's host. */
+  outboundProxy?: SipTarget;
+  /** No response at all (not even 100) in this time: the next destination is tried (default 4000). */
+  failoverTimeoutMs?: number;
+  /** Verify the peer's TLS certificate (default true). */
+  tlsVerify?: boolean;
+}
+
 export interface OutboundCallOptions {
-  /** Where the INVITE goes: a SIP peer by address, or a registered contact. */
-  target: { transport: 'udp' | 'tcp'; host: string; port: number } | { contact: ContactTarget };
+  /** Where the INVITE goes: a SIP peer (resolved, with failover), or a registered contact. */
+  target: { trunk: TrunkTarget } | { contact: ContactTarget };
   /** User part of the Request-URI and To. */
   toUser: string;
   fromUser: string;
+  /** Host part of From (default: our announced address). */
+  fromDomain?: string;
   fromDisplayName?: string;
   offer: string;
   /** Extra headers (full lines). */
@@ -111,6 +145,48 @@ export interface Registration {
   instance?: string;
 }
 
+export type OutboundRegistrationState = 'registering' | 'registered' | 'failed' | 'unregistering' | 'stopped';
+
+export interface OutboundRegistrationOptions {
+  /** Where REGISTER goes (the registrar is the trunk's domain). */
+  trunk: TrunkTarget;
+  /** The AOR's user (From, To) and our Contact's user. */
+  username: string;
+  /** The AOR's domain (default: the trunk's host). */
+  domain?: string;
+  credentials?: DigestCredentials;
+  /** Requested expiry in seconds; the registrar may shorten it. */
+  expires: number;
+}
+
+export interface OutboundRegistrationStatus {
+  state: OutboundRegistrationState;
+  /** Epoch ms the current binding expires (registered). */
+  expiresAt?: number;
+  lastRegisteredAt?: number;
+  /** The last failure ("401 Unauthorized after credentials", "timeout", ...). */
+  lastError?: string;
+  /** Consecutive failures (drives the backoff). */
+  failures: number;
+  /** Epoch ms of the next REGISTER (refresh or retry). */
+  nextAttemptAt?: number;
+  /** Where the last REGISTER went ("udp:10.0.0.1:5060"). */
+  destination?: string;
+}
+
+export interface OutboundRegistration extends EventEmitter<{ state: [status: OutboundRegistrationStatus] }> {
+  status(): OutboundRegistrationStatus;
+  /** Un-REGISTERs (Expires: 0) when registered, waits (bounded) for the answer, and stops. Idempotent. */
+  stop(): Promise<void>;
+}
+
+/** The answer to an OPTIONS ping: any response means reachable. */
+export interface PingResult {
+  status: number;
+  rttMs: number;
+  destination: string;
+}
+
 export interface SipBackendStats {
   transactions: number;
   dialogs: number;
@@ -129,6 +205,10 @@ export type SipBackendEvents = {
 
 export interface SipBackend extends EventEmitter<SipBackendEvents> {
   createCall(opts: OutboundCallOptions): OutboundCall;
+  /** Starts keeping a registration with a trunk (outbound REGISTER). */
+  register(opts: OutboundRegistrationOptions): OutboundRegistration;
+  /** Sends OPTIONS to a trunk; rejects on timeout or transport failure. */
+  ping(target: TrunkTarget): Promise<PingResult>;
   /** The registered contacts of a user (none when the registrar is off). */
   contactsOf(user: string): ContactTarget[];
   registrations(): Registration[];

@@ -25,6 +25,8 @@ export interface DigestCredentials {
   authUsername?: string;
   password?: string;
   ha1?: DigestHa1;
+  /** Answer only challenges for this realm (default: any). */
+  realm?: string;
 }
 
 export interface DigestRequest {
@@ -369,6 +371,7 @@ function parseChallenge(header: unknown): Challenge | undefined {
 }
 
 function canAnswer(c: Challenge, creds: DigestCredentials): boolean {
+  if (creds.realm !== undefined && creds.realm !== c.realm) return false;
   return creds.password !== undefined || creds.ha1?.[HA1_KEY[c.algorithm]] !== undefined;
 }
 

@@ -1,5 +1,5 @@
 import { SafeEmitter } from '../src/util/safe-emitter.js';
-import type { LegEnd, LegEvents, LegState, OutboundCall, OutboundCallOptions, TerminateOptions } from './backend.js';
+import type { Destination, LegEnd, LegEvents, LegState, OutboundCall, OutboundCallOptions, TerminateOptions } from './backend.js';
 import { Dialog } from './dialog.js';
 import { handleInDialogRequest, sendBye } from './in-dialog.js';
 import { answerChallenge, pickChallenge } from './digest.js';
@@ -19,7 +19,14 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
   #localTag = randomToken(6);
   #cseq = 1;
   #flow: Flow | undefined;
-  #invite: { branch: string; via: string; ruri: string; from: string; to: string; txn: ClientTransaction } | undefined;
+  #invite: { branch: string; via: string; ruri: string; from: string; to: string; route: string[]; txn: ClientTransaction } | undefined;
+  /** Destinations not tried yet (RFC 3263 failover). */
+  #destinations: Destination[] = [];
+  #failoverTimer: NodeJS.Timeout | undefined;
+  /** Any response to the current INVITE transaction (stops failover). */
+  #responded = false;
+  /** Where the current INVITE went ("udp:10.0.0.1:5060"), for logs and the admin API. */
+  destination: string | undefined;
   #dialog: Dialog | undefined;
   /** CANCEL must wait for a provisional response (RFC 3261 §9.1). */
   #cancelPending: string | undefined;
@@ -44,39 +51,95 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
     if (this.#ended) return;
     const { target } = this.#opts;
     const o = this.#opts;
-    let flow: Flow;
-    let ruri: string;
-    let to: string;
     if ('contact' in target) {
       // A registered device: its own flow (WebSocket/TCP) or its source address (UDP).
-      const found = this.#ctx.flowById(target.contact.source.transport, target.contact.source.flowId);
-      if (!found) {
+      const flow = this.#ctx.flowById(target.contact.source.transport, target.contact.source.flowId);
+      if (!flow) {
         this.#end({ cause: 'transport', status: 480, reason: 'the contact is no longer connected' });
         return;
       }
-      flow = found;
-      ruri = target.contact.uri;
-      to = `<sip:${o.toUser}@${this.#ctx.domain(flow)}>`;
-    } else {
-      try {
-        flow = await this.#ctx.flowTo(target.transport, { address: target.host, port: target.port });
-      } catch (err) {
-        this.#end({ cause: 'transport', status: 503, reason: `cannot reach ${target.host}:${target.port}: ${(err as Error).message}` });
+      this.#flow = flow;
+      this.#sendInvite(flow, target.contact.uri, this.#from(flow), `<sip:${o.toUser}@${this.#ctx.domain(flow)}>`, []);
+      return;
+    }
+    const trunk = target.trunk;
+    const next = trunk.outboundProxy ?? trunk.target;
+    try {
+      this.#destinations = await this.#ctx.resolve(next);
+    } catch (err) {
+      this.#end({ cause: 'transport', status: 503, reason: `cannot resolve ${next.host}: ${(err as Error).message}` });
+      return;
+    }
+    if (this.#destinations.length === 0) {
+      this.#end({ cause: 'transport', status: 503, reason: `no address for ${next.host}` });
+      return;
+    }
+    void this.#tryNextDestination(`no destination for ${next.host} could be reached`);
+  }
+
+  #from(flow: Flow): string {
+    const o = this.#opts;
+    const display = o.fromDisplayName ? `"${o.fromDisplayName.replace(/["\\]/g, '')}" ` : '';
+    return `${display}<sip:${o.fromUser}@${o.fromDomain ?? this.#ctx.domain(flow)}>;tag=${this.#localTag}`;
+  }
+
+  /**
+   * RFC 3263 §4.3: the INVITE goes to the next destination after a transport failure, a 503, or
+   * silence (no response at all within failoverTimeoutMs); each attempt is a new client transaction.
+   */
+  async #tryNextDestination(lastError: string): Promise<void> {
+    const o = this.#opts;
+    if (!('trunk' in o.target)) return;
+    const trunk = o.target.trunk;
+    for (;;) {
+      if (this.#ended) return;
+      const dest = this.#destinations.shift();
+      if (!dest) {
+        this.#end({ cause: 'transport', status: 503, reason: lastError });
         return;
       }
-      const hostPort = `${target.host}:${target.port}`;
-      ruri = `sip:${o.toUser}@${hostPort}${target.transport === 'tcp' ? ';transport=tcp' : ''}`;
-      to = `<sip:${o.toUser}@${hostPort}>`;
+      let flow: Flow;
+      try {
+        flow = await this.#ctx.flowTo(dest.transport, { address: dest.address, port: dest.port, servername: dest.hostname, verify: trunk.tlsVerify ?? true });
+      } catch (err) {
+        lastError = `cannot reach ${dest.transport}:${dest.address}:${dest.port}: ${(err as Error).message}`;
+        this.#ctx.log.info({ callId: this.callId, destination: `${dest.transport}:${dest.address}:${dest.port}`, err: (err as Error).message }, 'destination unreachable, trying the next');
+        continue;
+      }
+      if (this.#ended) return;
+      this.#flow = flow;
+      this.destination = `${dest.transport}:${dest.address}:${dest.port}`;
+      const t = trunk.target;
+      const tp = t.transport && t.transport !== 'udp' ? `;transport=${t.transport}` : '';
+      const hostPort = `${t.host}${t.port ? `:${t.port}` : ''}`;
+      const ruri = `sip:${o.toUser}@${hostPort}${tp}`;
+      const to = this.#invite?.to ?? `<sip:${o.toUser}@${hostPort}>`;
+      const from = this.#invite?.from ?? this.#from(flow);
+      const p = trunk.outboundProxy;
+      const route = p ? [`<sip:${p.host}${p.port ? `:${p.port}` : ''}${p.transport && p.transport !== 'udp' ? `;transport=${p.transport}` : ''};lr>`] : [];
+      if (this.#invite) this.#cseq++;
+      this.#authTried = false;
+      this.#sendInvite(flow, ruri, from, to, [], route);
+      this.#armFailover(trunk.failoverTimeoutMs ?? 4000);
+      return;
     }
-    if (this.#ended) return;
-    this.#flow = flow;
-    const display = o.fromDisplayName ? `"${o.fromDisplayName.replace(/["\\]/g, '')}" ` : '';
-    const from = `${display}<sip:${o.fromUser}@${this.#ctx.domain(flow)}>;tag=${this.#localTag}`;
-    this.#sendInvite(flow, ruri, from, to, []);
+  }
+
+  /** Silence from this destination: abandon its transaction and try the next (the last one keeps Timer B). */
+  #armFailover(ms: number): void {
+    clearTimeout(this.#failoverTimer);
+    if (this.#destinations.length === 0) return;
+    const inv = this.#invite;
+    this.#failoverTimer = setTimeout(() => {
+      if (this.#ended || this.#invite !== inv || this.#responded) return;
+      this.#ctx.log.info({ callId: this.callId, destination: this.destination, ms }, 'no response, failing over');
+      inv?.txn.terminate();
+      void this.#tryNextDestination(`no response from ${this.destination}`);
+    }, ms);
   }
 
   /** Sends (or re-sends with credentials, RFC 3261 §22.2) the INVITE in a new client transaction. */
-  #sendInvite(flow: Flow, ruri: string, from: string, to: string, authHeaders: string[]): void {
+  #sendInvite(flow: Flow, ruri: string, from: string, to: string, authHeaders: string[], route = this.#invite?.route ?? []): void {
     const o = this.#opts;
     const branch = newBranch();
     const via = this.#ctx.via(flow, branch);
@@ -90,15 +153,30 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
       callId: this.callId,
       cseq,
       contact: this.#ctx.contact(flow),
+      routes: route,
       headers: ['Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO', ...authHeaders, ...(o.headers ?? [])],
       body: o.offer,
     });
-    const buildAck = (res: ParsedResponse) => buildRequest({ method: 'ACK', ruri, via, from, to: res.msg.getHeader('to') ?? to, callId: this.callId, cseq });
+    const buildAck = (res: ParsedResponse) =>
+      buildRequest({ method: 'ACK', ruri, via, from, to: res.msg.getHeader('to') ?? to, callId: this.callId, cseq, routes: route });
     const txn = this.#ctx.sendRequest(flow, 'INVITE', branch, text, buildAck);
-    this.#invite = { branch, via, ruri, from, to, txn };
-    txn.on('response', (res) => this.#onResponse(res));
-    txn.on('timeout', () => this.#end({ cause: 'timeout', status: 408, reason: 'no final response (Timer B)' }));
-    txn.on('transportError', (err) => this.#end({ cause: 'transport', status: 503, reason: err.message }));
+    const invite = { branch, via, ruri, from, to, route, txn };
+    this.#invite = invite;
+    this.#responded = false;
+    txn.on('response', (res) => {
+      this.#responded = true;
+      this.#onResponse(res);
+    });
+    txn.on('timeout', () => {
+      if (this.#invite !== invite || this.#ended) return;
+      if (this.#destinations.length > 0 && !this.#responded) void this.#tryNextDestination(`no response from ${this.destination}`);
+      else this.#end({ cause: 'timeout', status: 408, reason: 'no final response (Timer B)' });
+    });
+    txn.on('transportError', (err) => {
+      if (this.#invite !== invite || this.#ended) return;
+      if (this.#destinations.length > 0 && this.#state === 'calling') void this.#tryNextDestination(err.message);
+      else this.#end({ cause: 'transport', status: 503, reason: err.message });
+    });
     txn.start();
   }
 
@@ -151,6 +229,11 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
     }
     if (s >= 300) {
       if ((s === 401 || s === 407) && this.#cancelPending === undefined && this.#retryWithCredentials(res)) return;
+      if (s === 503 && this.#cancelPending === undefined && this.#destinations.length > 0 && !this.#ended) {
+        this.#ctx.log.info({ callId: this.callId, destination: this.destination }, '503 from destination, trying the next');
+        void this.#tryNextDestination(`503 from ${this.destination}`);
+        return;
+      }
       this.#end({ cause: 'rejected', status: s, reason: res.msg.reasonPhrase });
       return;
     }
@@ -193,6 +276,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
       to: inv.to,
       callId: this.callId,
       cseq: this.#cseq,
+      routes: inv.route,
       headers: reason ? [`Reason: ${reason}`] : [],
     });
     this.#ctx.sendRequest(this.#flow, 'CANCEL', inv.branch, text).start();
@@ -215,6 +299,8 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
   #end(end: LegEnd): void {
     if (this.#ended) return;
     this.#ended = true;
+    clearTimeout(this.#failoverTimer);
+    this.#destinations = [];
     this.#state = 'ended';
     if (this.#dialog) this.#ctx.unregisterDialog(this.#dialog);
     this.safeEmit('ended', end);

@@ -2,7 +2,22 @@ import type http from 'node:http';
 import type { Logger } from 'pino';
 import { SafeEmitter } from '../src/util/safe-emitter.js';
 import { AccessControl, type AccessOptions } from './access-control.js';
-import type { ContactTarget, OutboundCall, OutboundCallOptions, Registration, SipBackend, SipBackendEvents, SipBackendStats, SipObserver } from './backend.js';
+import type {
+  ContactTarget,
+  OutboundCall,
+  OutboundCallOptions,
+  OutboundRegistration,
+  OutboundRegistrationOptions,
+  PingResult,
+  Registration,
+  SipBackend,
+  SipBackendEvents,
+  SipBackendStats,
+  SipObserver,
+  TrunkTarget,
+} from './backend.js';
+import { SipResolver } from './dns-resolver.js';
+import { pingTrunk } from './options-ping.js';
 import { Dialog } from './dialog.js';
 import { InboundCallLeg } from './inbound-call.js';
 import { buildResponse, parseSipMessage, randomToken, type ParsedRequest, type ParsedResponse, type ResponseOptions } from './message.js';
@@ -15,7 +30,7 @@ import { UdpTransport } from './transport/udp.js';
 import { WsTransport } from './transport/ws.js';
 
 export interface SipListen {
-  transport: 'udp' | 'tcp';
+  transport: 'udp' | 'tcp' | 'tls';
   host: string;
   port: number;
 }
@@ -29,6 +44,8 @@ export interface SipStackOptions {
   timers?: Partial<SipTimers>;
   userAgent?: string;
   observer?: SipObserver;
+  /** RFC 3263 resolution of trunk targets (default: a SipResolver on the system's DNS servers). */
+  resolver?: SipResolver;
   /** Authentication, trunk recognition and the registrar; without it every INVITE is accepted (tests of the layer only). */
   access?: AccessOptions;
   log: Logger;
@@ -54,12 +71,14 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
   #closed = false;
   readonly #ctx: StackContext;
   readonly #access: AccessControl | undefined;
+  readonly #resolver: SipResolver;
 
   private constructor(opts: SipStackOptions) {
     super(opts.log);
     this.#opts = opts;
     this.#log = opts.log;
     this.timers = { ...DEFAULT_TIMERS, ...opts.timers };
+    this.#resolver = opts.resolver ?? new SipResolver();
     this.#ctx = this.#makeContext();
     this.#access = opts.access ? new AccessControl(opts.access, this.#ctx.respond, opts.log.child({ component: 'access' })) : undefined;
   }
@@ -68,6 +87,7 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
     const stack = new SipStack(opts);
     try {
       for (const l of opts.listen) {
+        if (l.transport === 'tls') throw new Error('SIP over TLS: not implemented yet');
         const t = l.transport === 'udp' ? await UdpTransport.listen(l.host, l.port) : await TcpTransport.listen(l.host, l.port);
         stack.#addTransport(t);
       }
@@ -109,6 +129,15 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
     const leg = new OutboundCallLeg(this.#ctx, opts);
     void leg.start();
     return leg;
+  }
+
+  register(_opts: OutboundRegistrationOptions): OutboundRegistration {
+    throw new Error('outbound registration: not implemented yet');
+  }
+
+  ping(target: TrunkTarget): Promise<PingResult> {
+    if (this.#closed) return Promise.reject(new Error('SIP stack closed'));
+    return pingTrunk(this.#ctx, target);
   }
 
   contactsOf(user: string): ContactTarget[] {
@@ -297,6 +326,7 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
       sendRaw: (flow, text) => this.#sendSafely(flow, text),
       flowById: (kind, id) => this.#transports.get(kind)?.flowById(id),
       domain: (flow) => announce(flow),
+      resolve: (target) => this.#resolver.resolve(target),
       flowTo: async (kind, dest) => {
         const t = this.#transports.get(kind);
         if (!t) throw new Error(`no ${kind} transport configured`);

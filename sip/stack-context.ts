@@ -2,7 +2,8 @@ import type { Logger } from 'pino';
 import type { Dialog } from './dialog.js';
 import type { ParsedRequest, ParsedResponse, ResponseOptions } from './message.js';
 import type { ClientTransaction, ServerTransaction, SipTimers } from './transactions.js';
-import type { Address, Flow, TransportKind } from './transport/flow.js';
+import type { Destination, SipTarget } from './backend.js';
+import type { Flow, FlowDestination, TransportKind } from './transport/flow.js';
 
 /** What a dialog's owner (a call leg) handles once the stack has matched a message to it. */
 export interface DialogOwner {
@@ -26,7 +27,9 @@ export interface StackContext {
   sendRequest(flow: Flow, method: string, branch: string, text: string, buildAck?: (res: ParsedResponse) => string): ClientTransaction;
   /** Sends outside any transaction (ACK for a 2xx). */
   sendRaw(flow: Flow, text: string): void;
-  flowTo(transport: TransportKind, dest: Address): Promise<Flow>;
+  flowTo(transport: TransportKind, dest: FlowDestination): Promise<Flow>;
+  /** RFC 3263: a target's destinations in order of preference. */
+  resolve(target: SipTarget): Promise<Destination[]>;
   flowById(transport: TransportKind, id: string): Flow | undefined;
   /** The host part for our URIs on this flow (the announced address). */
   domain(flow: Flow): string;

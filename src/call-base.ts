@@ -43,6 +43,9 @@ export interface CallInfo {
     sip: {
       callId?: string;
       state?: string;
+      /** The trunk (outbound calls) and the number it was sent. */
+      trunk?: string;
+      toUser?: string;
       target: string;
       media?: MediaCounters & { localPorts: number[]; remote?: string; bytesIn: number; bytesOut: number; rtcpIn: number };
     };

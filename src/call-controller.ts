@@ -6,6 +6,7 @@ import { CallToBrowser } from './call-to-browser.js';
 import { Call, type CallDeps } from './call.js';
 import type { GatewayConfig } from './config.js';
 import type { GatewayMetrics } from './metrics.js';
+import { OutboundRouter } from './router.js';
 import type { TestExtensions } from './test-extensions.js';
 
 /** How often live calls are checked for media timeouts and ports for orphans. */
@@ -19,7 +20,8 @@ export class CallController {
   #calls = new Map<string, CallBase>();
   /** Recently ended calls for the admin API, oldest first, bounded in count and age. */
   #ended: CallInfo[] = [];
-  #deps: Omit<CallDeps, 'log'>;
+  #deps: Omit<CallDeps, 'log' | 'trunk' | 'toUser'>;
+  #router: OutboundRouter;
   #log: Logger;
   #config: GatewayConfig;
   #metrics: GatewayMetrics | undefined;
@@ -32,26 +34,11 @@ export class CallController {
 
   constructor(opts: { sip: SipBackend; rtpPorts: PortAllocator; webrtcPorts: PortAllocator; config: GatewayConfig; log: Logger; metrics?: GatewayMetrics; extensions?: TestExtensions }) {
     const { config } = opts;
-    const trunk = config.trunks[0]!;
+    this.#router = new OutboundRouter(config);
     this.#deps = {
       sip: opts.sip,
       rtpPorts: opts.rtpPorts,
       webrtcPorts: opts.webrtcPorts,
-      trunk: {
-        host: trunk.host,
-        port: trunk.port,
-        transport: trunk.transport,
-        ...(trunk.username && (trunk.password || trunk.ha1)
-          ? {
-              credentials: {
-                username: trunk.username,
-                ...(trunk.authUsername ? { authUsername: trunk.authUsername } : {}),
-                ...(trunk.password ? { password: trunk.password } : {}),
-                ...(trunk.ha1 ? { ha1: trunk.ha1 } : {}),
-              },
-            }
-          : {}),
-      },
       media: {
         announceAddress: config.media.announceAddress,
         bindAddress: config.media.bindAddress ?? config.http.host,
@@ -124,7 +111,7 @@ export class CallController {
 
   /**
    * From a trunk: to the user the DID map (or the Request-URI user) names, ringing all of its
-   * devices. From a softphone: to the first trunk. Answers the INVITE itself when it routes nowhere.
+   * devices. From a softphone: a built-in extension, a local user, else the first matching route. Answers the INVITE itself when it routes nowhere.
    */
   #route(inbound: InboundCall): CallBase | undefined {
     const trunkName = inbound.trunk;
@@ -134,7 +121,15 @@ export class CallController {
       // A softphone: the built-in extensions, then local users, then the trunk.
       const ext = this.#extensions?.target(inbound.toUser);
       if (ext) return new Call(inbound, { ...this.#deps, trunk: ext, log: this.#log });
-      if (!isUser(inbound.toUser)) return new Call(inbound, { ...this.#deps, log: this.#log });
+      if (!isUser(inbound.toUser)) {
+        const route = this.#router.route(inbound.toUser, inbound.fromUser);
+        if (!route) {
+          this.#log.info({ from: inbound.fromUser, to: inbound.toUser }, 'no route matches the dialled number');
+          inbound.reject(404, 'Not Found (no route)');
+          return undefined;
+        }
+        return new Call(inbound, { ...this.#deps, trunk: route.trunk, toUser: route.toUser, log: this.#log });
+      }
       user = inbound.toUser;
     } else {
       const trunk = this.#config.trunks.find((t) => t.name === trunkName);

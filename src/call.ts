@@ -1,12 +1,12 @@
 import type { Logger } from 'pino';
 import type { InboundCall, LegEnd, OutboundCall, SipBackend } from '../sip/backend.js';
-import type { DigestCredentials } from '../sip/digest.js';
 import { MediaRelay } from '../webrtc/media-relay.js';
 import type { PortAllocator } from '../webrtc/port-allocator.js';
 import { RtpEndpoint } from '../webrtc/rtp-endpoint.js';
 import { SdpError, buildPlainOffer, negotiateSipAnswer, parseWebRtcOffer, sipOfferCodecs, type NegotiatedMedia, type PlainRtpCodec } from '../webrtc/sdp.js';
 import { WebRtcEndpoint } from '../webrtc/webrtc-endpoint.js';
 import { CallBase, endpointBase, failureReason, latest, rtpMediaInfo, type CallEndReason, type CallInfo, type CallState } from './call-base.js';
+import type { TrunkRoute } from './router.js';
 import { errorMessage } from './util/errors.js';
 
 export type { CallEndReason, CallInfo, CallState };
@@ -15,7 +15,9 @@ export interface CallDeps {
   sip: SipBackend;
   rtpPorts: PortAllocator;
   webrtcPorts: PortAllocator;
-  trunk: { host: string; port: number; transport: 'udp' | 'tcp'; credentials?: DigestCredentials };
+  trunk: TrunkRoute;
+  /** The number as the trunk gets it (after the route's rewriting); default the dialled one. */
+  toUser?: string;
   media: { announceAddress: string; bindAddress: string; codecs: readonly PlainRtpCodec[]; webrtcSetupTimeoutMs: number };
   log: Logger;
 }
@@ -45,7 +47,7 @@ export class Call extends CallBase {
   protected async setup(): Promise<void> {
     const d = this.#deps;
     const offer = parseWebRtcOffer(this.#inbound.offer);
-    const codecs = sipOfferCodecs(offer, d.media.codecs);
+    const codecs = sipOfferCodecs(offer, d.trunk.codecs ?? d.media.codecs);
     if (codecs.length === 0) throw new SdpError('no codec in the offer that a plain RTP peer can take', 488);
 
     const lease = await d.rtpPorts.allocate({ callId: this.id, leg: 'sip' }, ['rtp', 'rtcp'], { bind: true, evenStart: true });
@@ -53,12 +55,13 @@ export class Call extends CallBase {
     const rtp = new RtpEndpoint(lease, this.log);
     this.#rtp = rtp;
 
-    const { credentials, ...target } = d.trunk;
+    const { credentials, target, fromUser, fromDomain } = d.trunk;
     const outbound = d.sip.createCall({
-      target,
+      target: { trunk: target },
       ...(credentials ? { credentials } : {}),
-      toUser: this.#inbound.toUser,
-      fromUser: this.#inbound.fromUser || 'anonymous',
+      toUser: d.toUser ?? this.#inbound.toUser,
+      fromUser: fromUser ?? (this.#inbound.fromUser || 'anonymous'),
+      ...(fromDomain ? { fromDomain } : {}),
       offer: buildPlainOffer({ address: d.media.announceAddress, port: rtp.port, codecs }),
     });
     this.#outbound = outbound;
@@ -76,7 +79,7 @@ export class Call extends CallBase {
         void this.teardown(failureReason(err));
       });
     });
-    this.log.debug({ to: this.#inbound.toUser, trunk: `${d.trunk.host}:${d.trunk.port}` }, 'INVITE sent to SIP peer');
+    this.log.debug({ to: d.toUser ?? this.#inbound.toUser, trunk: d.trunk.name }, 'INVITE sent to SIP peer');
   }
 
   async #onAnswered(sdp: string, offered: Parameters<typeof negotiateSipAnswer>[1]): Promise<void> {
@@ -133,7 +136,6 @@ export class Call extends CallBase {
     const iso = (t: number | undefined) => (t ? new Date(t).toISOString() : undefined);
     const rtp = this.#rtp;
     const webrtc = this.#webrtc;
-    const t = this.#deps.trunk;
     const times = this.times;
     return {
       id: this.id,
@@ -155,13 +157,20 @@ export class Call extends CallBase {
         },
         sip: {
           ...(this.#outbound ? { callId: this.#outbound.callId, state: this.#outbound.state } : {}),
-          target: `${t.transport}:${t.host}:${t.port}`,
+          trunk: this.#deps.trunk.name,
+          target: (this.#outbound as { destination?: string } | undefined)?.destination ?? targetName(this.#deps.trunk),
+          toUser: this.#deps.toUser ?? this.#inbound.toUser,
           ...(rtp ? { media: rtpMediaInfo(rtp) } : {}),
         },
       },
       ...(this.#relay ? { relay: this.#relay.stats } : {}),
     };
   }
+}
+
+function targetName(t: TrunkRoute): string {
+  const { host, port, transport } = t.target.target;
+  return `${transport ?? 'sip'}:${host}${port ? `:${port}` : ''}`;
 }
 
 /** The final response an unanswered browser leg gets for a given ending. */

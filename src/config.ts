@@ -9,6 +9,14 @@ function isLoopback(h: string): boolean {
 
 const host = z.string().min(1).refine((s) => !/\s/.test(s), 'must be a host name or IP address');
 const port = z.number().int().min(0).max(65535);
+const filePath = z.string().min(1).max(4096);
+/** `{ cert, key }` file paths (PEM); `ca` adds trusted roots for verifying peers. */
+const tlsFiles = z.strictObject({ cert: filePath, key: filePath, ca: filePath.optional() });
+/** A SIP peer: an IP address or a domain resolved per RFC 3263 (NAPTR, SRV, A/AAAA). */
+const sipTransport = z.enum(['udp', 'tcp', 'tls']);
+const userMatch = z
+  .strictObject({ prefix: z.string().regex(/^[0-9A-Za-z*#+._~-]{1,64}$/).optional(), regex: z.string().min(1).max(500).optional() })
+  .refine((m) => (m.prefix === undefined) !== (m.regex === undefined), 'needs exactly one of prefix or regex');
 const range = z
   .tuple([z.number().int().min(1).max(65535), z.number().int().min(1).max(65535)])
   .refine(([a, b]) => a <= b, 'first port must not be above the second');
@@ -16,7 +24,7 @@ const range = z
 export const configSchema = z.strictObject({
   sip: z.strictObject({
     listen: z
-      .array(z.strictObject({ transport: z.enum(['udp', 'tcp']), host, port }))
+      .array(z.strictObject({ transport: sipTransport, host, port }))
       .min(1)
       .refine((l) => new Set(l.map((x) => x.transport)).size === l.length, 'one listener per transport'),
     timers: z
@@ -25,6 +33,14 @@ export const configSchema = z.strictObject({
     userAgent: z.string().max(200).optional(),
     /** Digest realm and the domain of our users; defaults to media.announceAddress. */
     realm: z.string().min(1).max(200).optional(),
+    /** Certificate and key of the TLS listener; `ca` is trusted when verifying TLS peers (trunks). */
+    tls: tlsFiles.optional(),
+    /** DNS servers for RFC 3263 lookups ("ip" or "ip:port"); default: the system's. */
+    dns: z
+      .strictObject({ servers: z.array(z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[0-9.]+|[0-9a-fA-F:]+)(:\d{1,5})?$/, 'must be an IP address with an optional :port')).min(1).optional() })
+      .prefault({}),
+    /** RFC 5626 CRLF keep-alive on TCP/TLS connections we open (0: off). */
+    keepAliveMs: z.number().int().min(0).max(3_600_000).default(30_000),
   }),
   registrar: z
     .strictObject({
@@ -46,7 +62,8 @@ export const configSchema = z.strictObject({
     )
     .default([])
     .refine((us) => new Set(us.map((u) => u.username)).size === us.length, 'usernames must be unique'),
-  http: z.strictObject({ host, port }),
+  /** The web softphone and SIP over WebSocket; with `tls`, HTTPS and WSS on the same port. */
+  http: z.strictObject({ host, port, tls: tlsFiles.optional() }),
   media: z.strictObject({
     announceAddress: host,
     bindAddress: host.optional(),
@@ -58,6 +75,8 @@ export const configSchema = z.strictObject({
     rtpTimeoutMs: z.number().int().min(100).max(3_600_000).default(60_000),
     /** An answered call that never receives any media in this time is ended and its ports reclaimed. */
     noMediaTimeoutMs: z.number().int().min(100).max(3_600_000).default(30_000),
+    /** Symmetric RTP (NAT): send to where a SIP peer's RTP actually comes from, once it comes. */
+    symmetricRtp: z.boolean().default(true),
   }),
   calls: z
     .strictObject({
@@ -81,25 +100,73 @@ export const configSchema = z.strictObject({
   shutdown: z.strictObject({ drainMs: z.number().int().min(0).max(3_600_000).default(30_000) }).prefault({}),
   trunks: z
     .array(
+      z
+        .strictObject({
+          name: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, 'letters, digits and . _ - only'),
+          /** IP address or domain; a domain is resolved per RFC 3263 (NAPTR, SRV, A/AAAA). */
+          host,
+          /** Default: from SRV for a domain, else 5060 (5061 for TLS). */
+          port: z.number().int().min(1).max(65535).optional(),
+          /** Default: from NAPTR for a domain without a port, else UDP. */
+          transport: sipTransport.optional(),
+          /** Send requests here with a loose Route, keeping the trunk's domain in the Request-URI. */
+          outboundProxy: z.strictObject({ host, port: z.number().int().min(1).max(65535).optional(), transport: sipTransport.optional() }).optional(),
+          /** Our account on the trunk: answers its 401/407 challenges, and REGISTERs when `register` is set. */
+          username: z.string().min(1).max(128).optional(),
+          authUsername: z.string().min(1).max(128).optional(),
+          password: z.string().min(1).max(256).optional(),
+          ha1: z.strictObject({ md5: z.string().regex(/^[0-9a-f]{32}$/).optional(), sha256: z.string().regex(/^[0-9a-f]{64}$/).optional() }).optional(),
+          /** Only answer challenges for this realm (default: any). */
+          realm: z.string().min(1).max(200).optional(),
+          /** From header of our calls to the trunk (default: the caller's user, our announced address). */
+          fromUser: z.string().min(1).max(128).optional(),
+          fromDomain: z.string().min(1).max(200).optional(),
+          /** Keep a registration with the trunk (RFC 3261 §10), refreshed before it expires. */
+          register: z.boolean().default(false),
+          registerExpires: z.number().int().min(2).max(86_400).default(600),
+          /** Codecs offered to this trunk (default: media.codecs). */
+          codecs: z.array(z.enum(['pcmu', 'pcma', 'g722', 'opus'])).min(1).optional(),
+          /** How DTMF goes to this trunk. */
+          dtmfMode: z.enum(['rfc4733', 'info']).default('rfc4733'),
+          /** Source addresses calls from this trunk come from (default: its host, resolved at start). */
+          addresses: z.array(host).min(1).optional(),
+          /** Tell the trunk apart by source port as well (several peers on one host). */
+          matchPort: z.boolean().default(false),
+          /** Inbound routing: dialled number (Request-URI user) to local user. */
+          dids: z.record(z.string().min(1).max(64), z.string().min(1)).default({}),
+          /** OPTIONS ping for reachability (0: off). */
+          optionsPingMs: z.number().int().min(0).max(3_600_000).default(30_000),
+          /** No response at all (not even 100 Trying) in this time: try the next DNS target. */
+          failoverTimeoutMs: z.number().int().min(100).max(32_000).default(4000),
+          /** Verify the trunk's TLS certificate (against system roots plus sip.tls.ca). */
+          tlsVerify: z.boolean().default(true),
+        })
+        .refine((t) => !t.register || (t.username !== undefined && (t.password !== undefined || t.ha1 !== undefined)), {
+          message: 'register needs username and password (or ha1)',
+          path: ['register'],
+        }),
+    )
+    .min(1)
+    .refine((ts) => new Set(ts.map((t) => t.name)).size === ts.length, 'trunk names must be unique'),
+  /**
+   * Outbound routing for calls from softphones that are neither a built-in extension nor a local
+   * user, first match wins; no match is 404. Without `routes`, every such call goes to the first trunk.
+   */
+  routes: z
+    .array(
       z.strictObject({
-        name: z.string().min(1),
-        host,
-        port: z.number().int().min(1).max(65535),
-        transport: z.enum(['udp', 'tcp']),
-        /** Source addresses calls from this trunk come from (default: its host). */
-        addresses: z.array(host).min(1).optional(),
-        /** Tell the trunk apart by source port as well (several peers on one host). */
-        matchPort: z.boolean().default(false),
-        /** Our account on the trunk: answers its 401/407 challenges to our INVITEs. */
-        username: z.string().min(1).max(128).optional(),
-        authUsername: z.string().min(1).max(128).optional(),
-        password: z.string().min(1).max(256).optional(),
-        ha1: z.strictObject({ md5: z.string().regex(/^[0-9a-f]{32}$/).optional(), sha256: z.string().regex(/^[0-9a-f]{64}$/).optional() }).optional(),
-        /** Inbound routing: dialled number (Request-URI user) to local user. */
-        dids: z.record(z.string().min(1).max(64), z.string().min(1)).default({}),
+        name: z.string().min(1).max(64).optional(),
+        /** The dialled user (Request-URI user). */
+        to: userMatch.optional(),
+        /** The calling user. */
+        from: userMatch.optional(),
+        trunk: z.string().min(1),
+        /** Digits removed from the front of the dialled number, then `prepend` added. */
+        strip: z.number().int().min(0).max(32).default(0),
+        prepend: z.string().regex(/^[0-9A-Za-z*#+]{0,32}$/).default(''),
       }),
     )
-    .min(1),
+    .optional(),
   log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']) }).default({ level: 'info' }),
 });
 
@@ -111,6 +178,22 @@ function crossCheck(c: GatewayConfig): string[] {
   const users = new Set(c.users.map((u) => u.username));
   c.trunks.forEach((t, i) => {
     for (const [did, user] of Object.entries(t.dids)) if (!users.has(user)) errors.push(`  trunks.${i}.dids.${did}: no user "${user}" in users`);
+  });
+  const trunks = new Set(c.trunks.map((t) => t.name));
+  c.routes?.forEach((r, i) => {
+    if (!trunks.has(r.trunk)) errors.push(`  routes.${i}.trunk: no trunk "${r.trunk}" in trunks`);
+    for (const side of ['to', 'from'] as const) {
+      const re = r[side]?.regex;
+      if (re === undefined) continue;
+      try {
+        new RegExp(re);
+      } catch (err) {
+        errors.push(`  routes.${i}.${side}.regex: ${(err as Error).message}`);
+      }
+    }
+  });
+  c.sip.listen.forEach((l, i) => {
+    if (l.transport === 'tls' && !c.sip.tls) errors.push(`  sip.listen.${i}: a TLS listener needs sip.tls (cert and key)`);
   });
   const exposed = [c.http.host, ...c.sip.listen.map((l) => l.host)].some((h) => !isLoopback(h));
   c.users.forEach((u, i) => {

@@ -33,7 +33,7 @@ function accessOptions(config: GatewayConfig): AccessOptions {
       const u = users.get(name);
       return u ? { ...(u.password !== undefined ? { password: u.password } : {}), ...(u.ha1 ? { ha1: u.ha1 } : {}) } : undefined;
     },
-    trunks: config.trunks.map((t) => ({ name: t.name, addresses: t.addresses ?? [t.host], ...(t.matchPort ? { port: t.port } : {}) })),
+    trunks: config.trunks.map((t) => ({ name: t.name, addresses: t.addresses ?? [t.host], ...(t.matchPort ? { port: t.port ?? (t.transport === 'tls' ? 5061 : 5060) } : {}) })),
     registrar: config.registrar,
   };
 }

@@ -1,3 +1,4 @@
+import type { TrunkRoute } from './router.js';
 import dgram from 'node:dgram';
 import type { Logger } from 'pino';
 import type { InboundCall } from '../sip/backend.js';
@@ -61,9 +62,9 @@ export class TestExtensions {
   }
 
   /** Where the gateway sends INVITEs for an extension number; undefined if it is not one. */
-  target(number: string): { transport: 'udp'; host: string; port: number } | undefined {
+  target(number: string): TrunkRoute | undefined {
     if (!this.#numbers.has(number)) return undefined;
-    return { transport: 'udp', host: '127.0.0.1', port: this.#stack.address('udp')!.port };
+    return { name: 'test-extensions', target: { target: { transport: 'udp', host: '127.0.0.1', port: this.#stack.address('udp')!.port } } };
   }
 
   #answer(call: InboundCall): void {

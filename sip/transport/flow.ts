@@ -1,10 +1,18 @@
 import type { EventEmitter } from 'node:events';
 
-export type TransportKind = 'udp' | 'tcp' | 'ws';
+export type TransportKind = 'udp' | 'tcp' | 'tls' | 'ws';
 
 export interface Address {
   address: string;
   port: number;
+}
+
+/** Where to open a flow: TLS also needs the name to verify the peer's certificate against. */
+export interface FlowDestination extends Address {
+  /** TLS: the server name (SNI and certificate check); default the address. */
+  servername?: string;
+  /** TLS: verify the peer's certificate (default true). */
+  verify?: boolean;
 }
 
 /**
@@ -35,7 +43,7 @@ export interface SipTransport extends EventEmitter<TransportEvents> {
   readonly kind: TransportKind;
   readonly local: Address;
   /** The flow to send a request to `dest` on (reusing a connection, opening one if needed). */
-  flowTo(dest: Address): Promise<Flow>;
+  flowTo(dest: FlowDestination): Promise<Flow>;
   /** A live flow by id (connection-oriented transports), for requests to registered clients. */
   flowById(id: string): Flow | undefined;
   close(): Promise<void>;

@@ -1,0 +1,54 @@
+import type { PingResult, TrunkTarget } from './backend.js';
+import { buildRequest, newBranch, randomToken } from './message.js';
+import type { StackContext } from './stack-context.js';
+
+/**
+ * OPTIONS to a trunk (out of dialog): any final response, even 404 or 405, proves it reachable.
+ * Tries the resolved destinations in order on transport failure; rejects on timeout (Timer F).
+ */
+export async function pingTrunk(ctx: StackContext, trunk: TrunkTarget, fromUser = 'gw'): Promise<PingResult> {
+  const next = trunk.outboundProxy ?? trunk.target;
+  const dests = await ctx.resolve(next);
+  if (dests.length === 0) throw new Error(`no address for ${next.host}`);
+  let lastError: Error = new Error(`no destination for ${next.host}`);
+  for (const dest of dests) {
+    const destination = `${dest.transport}:${dest.address}:${dest.port}`;
+    let flow;
+    try {
+      flow = await ctx.flowTo(dest.transport, { address: dest.address, port: dest.port, servername: dest.hostname, verify: trunk.tlsVerify ?? true });
+    } catch (err) {
+      lastError = err as Error;
+      continue;
+    }
+    const t = trunk.target;
+    const hostPort = `${t.host}${t.port ? `:${t.port}` : ''}`;
+    const tp = t.transport && t.transport !== 'udp' ? `;transport=${t.transport}` : '';
+    const branch = newBranch();
+    const p = trunk.outboundProxy;
+    const text = buildRequest({
+      method: 'OPTIONS',
+      ruri: `sip:${hostPort}${tp}`,
+      via: ctx.via(flow, branch),
+      routes: p ? [`<sip:${p.host}${p.port ? `:${p.port}` : ''}${p.transport && p.transport !== 'udp' ? `;transport=${p.transport}` : ''};lr>`] : [],
+      from: `<sip:${fromUser}@${ctx.domain(flow)}>;tag=${randomToken(6)}`,
+      to: `<sip:${hostPort}>`,
+      callId: randomToken(12),
+      cseq: 1,
+      contact: ctx.contact(flow, fromUser),
+      headers: ['Accept: application/sdp'],
+    });
+    const started = performance.now();
+    const txn = ctx.sendRequest(flow, 'OPTIONS', branch, text);
+    const result = await new Promise<PingResult | Error>((resolve) => {
+      txn.on('response', (res) => {
+        if (res.status >= 200) resolve({ status: res.status, rttMs: Math.round((performance.now() - started) * 10) / 10, destination });
+      });
+      txn.on('timeout', () => resolve(new Error(`no response from ${destination}`)));
+      txn.on('transportError', (err) => resolve(err));
+      txn.start();
+    });
+    if (!(result instanceof Error)) return result;
+    lastError = result;
+  }
+  throw lastError;
+}
