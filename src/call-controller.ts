@@ -44,6 +44,7 @@ export class CallController {
         bindAddress: config.media.bindAddress ?? config.http.host,
         codecs: config.media.codecs,
         webrtcSetupTimeoutMs: config.media.webrtcSetupTimeoutMs,
+        symmetricRtp: config.media.symmetricRtp,
       },
     };
     this.#config = config;

@@ -23,7 +23,7 @@ export interface CallToBrowserDeps {
   sip: SipBackend;
   rtpPorts: PortAllocator;
   webrtcPorts: PortAllocator;
-  media: { announceAddress: string; bindAddress: string; codecs: readonly PlainRtpCodec[]; webrtcSetupTimeoutMs: number };
+  media: { announceAddress: string; bindAddress: string; codecs: readonly PlainRtpCodec[]; webrtcSetupTimeoutMs: number; symmetricRtp: boolean };
   ringTimeoutMs: number;
   log: import('pino').Logger;
 }

@@ -18,7 +18,7 @@ export interface CallDeps {
   trunk: TrunkRoute;
   /** The number as the trunk gets it (after the route's rewriting); default the dialled one. */
   toUser?: string;
-  media: { announceAddress: string; bindAddress: string; codecs: readonly PlainRtpCodec[]; webrtcSetupTimeoutMs: number };
+  media: { announceAddress: string; bindAddress: string; codecs: readonly PlainRtpCodec[]; webrtcSetupTimeoutMs: number; symmetricRtp: boolean };
   log: Logger;
 }
 

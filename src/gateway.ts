@@ -1,6 +1,7 @@
 import http from 'node:http';
 import type { Logger } from 'pino';
 import type { AccessOptions } from '../sip/access-control.js';
+import { SipResolver } from '../sip/dns-resolver.js';
 import { SipStack } from '../sip/sip-stack.js';
 import { PortAllocator } from '../webrtc/port-allocator.js';
 import { peerConnectionCounter } from '../webrtc/webrtc-endpoint.js';
@@ -105,6 +106,7 @@ export class Gateway {
         timers: config.sip.timers,
         ...(config.sip.userAgent ? { userAgent: config.sip.userAgent } : {}),
         observer: metrics.sipObserver,
+        resolver: new SipResolver(config.sip.dns.servers ? { servers: config.sip.dns.servers } : {}),
         access: accessOptions(config),
         log: log.child({ component: 'sip' }),
       });
