@@ -1,3 +1,4 @@
+import { answerChallenge, pickChallenge, type DigestCredentials } from './digest.js';
 import {
   Grammar,
   IncomingRequestMessage,
@@ -182,6 +183,27 @@ function finish(lines: string[], body?: string, contentType?: string): string {
 export function parseUri(s: string): URI | undefined {
   const u = Grammar.URIParse(s);
   return u instanceof URI ? u : undefined;
+}
+
+/** Every value of a header in a raw message's head, in order (sip.js keeps only the last challenge header). */
+export function headerValues(raw: string, name: string): string[] {
+  const end = raw.indexOf('\r\n\r\n');
+  const prefix = `${name.toLowerCase()}:`;
+  return (end < 0 ? raw : raw.slice(0, end))
+    .split('\r\n')
+    .filter((l) => l.toLowerCase().startsWith(prefix))
+    .map((l) => l.slice(prefix.length).trim());
+}
+
+/**
+ * RFC 3261 §22.2: the Authorization or Proxy-Authorization line answering a 401/407, or undefined
+ * when no challenge in it can be answered with `creds`.
+ */
+export function authorizationFor(res: { status: number; msg: { data: string } }, creds: DigestCredentials, req: { method: string; uri: string }): string | undefined {
+  const proxy = res.status === 407;
+  const challenge = pickChallenge(headerValues(res.msg.data, proxy ? 'Proxy-Authenticate' : 'WWW-Authenticate'), creds);
+  const answer = challenge ? answerChallenge(challenge, creds, req) : undefined;
+  return answer ? `${proxy ? 'Proxy-Authorization' : 'Authorization'}: ${answer.header}` : undefined;
 }
 
 export function randomToken(bytes = 8): string {

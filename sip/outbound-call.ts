@@ -2,8 +2,7 @@ import { SafeEmitter } from '../src/util/safe-emitter.js';
 import type { Destination, LegEnd, LegEvents, LegState, OutboundCall, OutboundCallOptions, TerminateOptions } from './backend.js';
 import { Dialog } from './dialog.js';
 import { handleInDialogRequest, sendBye } from './in-dialog.js';
-import { answerChallenge, pickChallenge } from './digest.js';
-import { buildRequest, newBranch, randomToken, type ParsedRequest, type ParsedResponse } from './message.js';
+import { authorizationFor, buildRequest, newBranch, randomToken, type ParsedRequest, type ParsedResponse } from './message.js';
 import type { DialogOwner, StackContext } from './stack-context.js';
 import type { ClientTransaction, ServerTransaction } from './transactions.js';
 import type { Flow } from './transport/flow.js';
@@ -185,20 +184,11 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
     const creds = this.#opts.credentials;
     const inv = this.#invite;
     if (!creds || this.#authTried || !inv || !this.#flow || this.#ended) return false;
-    const proxy = res.status === 407;
-    const name = proxy ? 'Proxy-Authenticate' : 'WWW-Authenticate';
-    // sip.js keeps only the last challenge header: read them all from the raw message.
-    const challenges = res.msg.data
-      .slice(0, res.msg.data.indexOf('\r\n\r\n'))
-      .split('\r\n')
-      .filter((l) => l.toLowerCase().startsWith(`${name.toLowerCase()}:`))
-      .map((l) => l.slice(name.length + 1).trim());
-    const challenge = pickChallenge(challenges, creds);
-    const answer = challenge ? answerChallenge(challenge, creds, { method: 'INVITE', uri: inv.ruri }) : undefined;
-    if (!answer) return false;
+    const authorization = authorizationFor(res, creds, { method: 'INVITE', uri: inv.ruri });
+    if (!authorization) return false;
     this.#authTried = true;
     this.#cseq++;
-    this.#sendInvite(this.#flow, inv.ruri, inv.from, inv.to, [`${proxy ? 'Proxy-Authorization' : 'Authorization'}: ${answer.header}`]);
+    this.#sendInvite(this.#flow, inv.ruri, inv.from, inv.to, [authorization]);
     return true;
   }
 
@@ -283,7 +273,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
   }
 
   #sendBye(dialog: Dialog, reasonHeader?: string): void {
-    sendBye(this.#ctx, dialog, reasonHeader);
+    sendBye(this.#ctx, dialog, reasonHeader, this.#opts.credentials);
   }
 
   onRequest(req: ParsedRequest, txn: ServerTransaction): void {
