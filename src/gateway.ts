@@ -1,4 +1,5 @@
 import http from 'node:http';
+import { isIP } from 'node:net';
 import type { Logger } from 'pino';
 import type { AccessOptions } from '../sip/access-control.js';
 import { SipResolver } from '../sip/dns-resolver.js';
@@ -10,6 +11,7 @@ import { CallController } from './call-controller.js';
 import type { GatewayConfig } from './config.js';
 import { createLogger } from './logger.js';
 import { GatewayMetrics } from './metrics.js';
+import { trunkTarget } from './router.js';
 import { TestExtensions } from './test-extensions.js';
 import { serveWeb } from './web-server.js';
 
@@ -26,7 +28,33 @@ export interface GatewayStats {
   wsConnections: number;
 }
 
-function accessOptions(config: GatewayConfig): AccessOptions {
+/**
+ * Where calls from each trunk come from: its `addresses`, else its host (and outbound proxy)
+ * resolved once at start (A/AAAA via RFC 3263). A trunk whose name does not resolve matches nothing.
+ */
+async function trunkSources(config: GatewayConfig, resolver: SipResolver, log: Logger): Promise<Map<string, string[]>> {
+  const out = new Map<string, string[]>();
+  await Promise.all(
+    config.trunks.map(async (t) => {
+      if (t.addresses) return void out.set(t.name, t.addresses);
+      if (isIP(t.host)) return void out.set(t.name, [t.host]);
+      const targets = [trunkTarget(t).target, ...(t.outboundProxy ? [t.outboundProxy] : [])];
+      const found = new Set<string>();
+      for (const target of targets) {
+        const timeout = new Promise<never>((_, reject) => setTimeout(() => reject(new Error('timed out')), 5000).unref());
+        try {
+          for (const d of await Promise.race([resolver.resolve(target), timeout])) found.add(d.address);
+        } catch (err) {
+          log.warn({ trunk: t.name, host: target.host, err: (err as Error).message }, 'trunk host did not resolve: calls from it will not be recognized (set trunks[].addresses)');
+        }
+      }
+      out.set(t.name, [...found]);
+    }),
+  );
+  return out;
+}
+
+function accessOptions(config: GatewayConfig, sources: Map<string, string[]>): AccessOptions {
   const users = new Map(config.users.map((u) => [u.username, u]));
   return {
     realm: config.sip.realm ?? config.media.announceAddress,
@@ -34,7 +62,7 @@ function accessOptions(config: GatewayConfig): AccessOptions {
       const u = users.get(name);
       return u ? { ...(u.password !== undefined ? { password: u.password } : {}), ...(u.ha1 ? { ha1: u.ha1 } : {}) } : undefined;
     },
-    trunks: config.trunks.map((t) => ({ name: t.name, addresses: t.addresses ?? [t.host], ...(t.matchPort ? { port: t.port ?? (t.transport === 'tls' ? 5061 : 5060) } : {}) })),
+    trunks: config.trunks.map((t) => ({ name: t.name, addresses: sources.get(t.name) ?? [], ...(t.matchPort ? { port: t.port ?? (t.transport === 'tls' ? 5061 : 5060) } : {}) })),
     registrar: config.registrar,
   };
 }
@@ -97,6 +125,7 @@ export class Gateway {
       registrations: () => gw?.sip.registrations().length ?? 0,
       sipRetransmissions: () => gw?.sip.stats().retransmissions ?? 0,
     });
+    const resolver = new SipResolver(config.sip.dns.servers ? { servers: config.sip.dns.servers } : {});
     let sip: SipStack;
     try {
       sip = await SipStack.create({
@@ -106,8 +135,8 @@ export class Gateway {
         timers: config.sip.timers,
         ...(config.sip.userAgent ? { userAgent: config.sip.userAgent } : {}),
         observer: metrics.sipObserver,
-        resolver: new SipResolver(config.sip.dns.servers ? { servers: config.sip.dns.servers } : {}),
-        access: accessOptions(config),
+        resolver,
+        access: accessOptions(config, await trunkSources(config, resolver, log)),
         log: log.child({ component: 'sip' }),
       });
     } catch (err) {
