@@ -130,6 +130,23 @@ describe('DNS failover: a trunk reached through its SRV records', function () {
     assert.equal(doneB.code, 0, doneB.errors);
   });
 
+  it('goes past an IPv6-only target the IPv4 listener cannot reach, to the next SRV target', async () => {
+    const b = await sipp({ scenario: 'uas-answer' });
+    dns.srv('_sip._udp.pbx.test', [
+      { priority: 10, weight: 0, port: b.port, target: 'v6.pbx.test' },
+      { priority: 20, weight: 0, port: b.port, target: 'b.pbx.test' },
+    ]);
+    dns.aaaa('v6.pbx.test', ['::1']).a('b.pbx.test', ['127.0.0.1']);
+    const { gw, phone } = await start();
+
+    const call = phone.call('sip:1000@127.0.0.1');
+    await call.established;
+    assert.equal(gw.controller.calls()[0]!.info().legs.sip.target, `udp:127.0.0.1:${b.port}`);
+    await call.hangup();
+    const done = await b.done;
+    assert.equal(done.code, 0, done.errors);
+  });
+
   it('ends the call cleanly with an error status when every SRV target is dead', async () => {
     const a = await deadPeer();
     const b = await deadPeer();
