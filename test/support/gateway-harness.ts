@@ -1,5 +1,5 @@
 import { pino } from 'pino';
-import { loadConfig, type GatewayConfig } from '../../src/config.js';
+import { deepMerge, loadConfig, type GatewayConfig } from '../../src/config.js';
 import { Gateway } from '../../src/gateway.js';
 import { sippAvailable } from './sipp.js';
 
@@ -17,7 +17,7 @@ export interface HarnessOptions {
   dids?: Record<string, string>;
   /** More trunk settings (credentials...). */
   trunk?: Record<string, unknown>;
-  /** Raw config merged last. */
+  /** Raw config merged last, key by key (arrays replace). */
   extra?: Record<string, unknown>;
 }
 
@@ -27,7 +27,7 @@ export const TEST_PASSWORD = 'test-password-123';
 
 /** A gateway on 127.0.0.1 with every listener on port 0, logging only when GW_TEST_LOG is set. */
 export async function startGateway(opts: HarnessOptions): Promise<Gateway> {
-  const config = loadConfig(undefined, {
+  const base = {
     sip: {
       listen: [
         { transport: 'udp', host: '127.0.0.1', port: 0 },
@@ -46,8 +46,8 @@ export async function startGateway(opts: HarnessOptions): Promise<Gateway> {
     trunks: [{ name: 'sipp', host: '127.0.0.1', port: opts.trunkPort, transport: opts.trunkTransport ?? 'udp', ...(opts.dids ? { dids: opts.dids } : {}), ...opts.trunk }],
     users: TEST_USERS.map((username) => ({ username, password: TEST_PASSWORD })),
     ...(opts.ringTimeoutMs ? { calls: { ringTimeoutMs: opts.ringTimeoutMs } } : {}),
-    ...(opts.extra ?? {}),
-  });
+  };
+  const config = loadConfig(undefined, deepMerge(base, opts.extra ?? {}));
   const log = pino({ level: process.env.GW_TEST_LOG ?? 'silent' });
   return Gateway.start(config, log);
 }
