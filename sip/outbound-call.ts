@@ -117,7 +117,10 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
       const p = trunk.outboundProxy;
       const route = p ? [`<sip:${p.host}${p.port ? `:${p.port}` : ''}${p.transport && p.transport !== 'udp' ? `;transport=${p.transport}` : ''};lr>`] : [];
       if (this.#invite) this.#cseq++;
+      // A new attempt starts from scratch: no provisional response yet (CANCEL waits for one), no challenge answered.
       this.#authTried = false;
+      this.#state = 'calling';
+      this.#cancelSent = false;
       this.#sendInvite(flow, ruri, from, to, [], route);
       this.#armFailover(trunk.failoverTimeoutMs ?? 4000);
       return;

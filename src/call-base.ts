@@ -13,6 +13,13 @@ export interface CallEndReason {
   by: 'browser' | 'sip' | 'gateway';
   cause: string;
   status?: number;
+  /** What the leg said about it ("cannot resolve pbx.example: ...", a reason phrase). */
+  reason?: string;
+}
+
+/** A leg's ending as the call's end reason. */
+export function legEndReason(by: CallEndReason['by'], end: { cause: string; status?: number; reason?: string }): CallEndReason {
+  return { by, cause: end.cause, ...(end.status ? { status: end.status } : {}), ...(end.reason ? { reason: end.reason } : {}) };
 }
 
 export interface MediaCounters {

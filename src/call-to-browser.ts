@@ -16,7 +16,7 @@ import {
   type PlainRtpCodec,
 } from '../webrtc/sdp.js';
 import { WebRtcEndpoint } from '../webrtc/webrtc-endpoint.js';
-import { CallBase, endpointBase, failureReason, latest, rtpMediaInfo, type CallEndReason, type CallInfo } from './call-base.js';
+import { CallBase, legEndReason, endpointBase, failureReason, latest, rtpMediaInfo, type CallEndReason, type CallInfo } from './call-base.js';
 import { errorMessage } from './util/errors.js';
 
 export interface CallToBrowserDeps {
@@ -69,7 +69,7 @@ export class CallToBrowser extends CallBase {
     this.#inbound = inbound;
     this.#user = user;
     this.#contacts = contacts;
-    this.disposer.on(inbound, 'ended', (end: LegEnd) => void this.teardown({ by: 'sip', cause: end.cause, ...(end.status ? { status: end.status } : {}) }));
+    this.disposer.on(inbound, 'ended', (end: LegEnd) => void this.teardown(legEndReason('sip', end)));
   }
 
   protected async setup(): Promise<void> {
@@ -127,7 +127,7 @@ export class CallToBrowser extends CallBase {
       });
       this.disposer.on(leg, 'ended', (end: LegEnd) => {
         fork.ended = end;
-        if (fork === this.#winner) void this.teardown({ by: 'browser', cause: end.cause, ...(end.status ? { status: end.status } : {}) });
+        if (fork === this.#winner) void this.teardown(legEndReason('browser', end));
         else this.#closeFork(fork);
         this.#checkForks();
       });

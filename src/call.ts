@@ -5,7 +5,7 @@ import type { PortAllocator } from '../webrtc/port-allocator.js';
 import { RtpEndpoint } from '../webrtc/rtp-endpoint.js';
 import { SdpError, buildPlainOffer, negotiateSipAnswer, parseWebRtcOffer, sipOfferCodecs, type NegotiatedMedia, type PlainRtpCodec } from '../webrtc/sdp.js';
 import { WebRtcEndpoint } from '../webrtc/webrtc-endpoint.js';
-import { CallBase, endpointBase, failureReason, latest, rtpMediaInfo, type CallEndReason, type CallInfo, type CallState } from './call-base.js';
+import { CallBase, legEndReason, endpointBase, failureReason, latest, rtpMediaInfo, type CallEndReason, type CallInfo, type CallState } from './call-base.js';
 import type { TrunkRoute } from './router.js';
 import { errorMessage } from './util/errors.js';
 
@@ -107,7 +107,7 @@ export class Call extends CallBase {
 
   #legEnded(side: 'browser' | 'sip', end: LegEnd): void {
     this.log.debug({ side, ...end }, 'leg ended');
-    void this.teardown({ by: side, cause: end.cause, ...(end.status ? { status: end.status } : {}) });
+    void this.teardown(legEndReason(side, end));
   }
 
   protected endLegs(reason: CallEndReason, detail?: string): void {

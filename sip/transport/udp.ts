@@ -1,4 +1,5 @@
 import dgram from 'node:dgram';
+import { isIP } from 'node:net';
 import { EventEmitter } from 'node:events';
 import type { Address, Flow, SipTransport, TransportEvents } from './flow.js';
 import { MAX_SIP_MESSAGE } from './flow.js';
@@ -65,6 +66,10 @@ export class UdpTransport extends EventEmitter<TransportEvents> implements SipTr
   }
 
   async flowTo(dest: Address): Promise<Flow> {
+    // An IPv6 destination on a udp4 socket (or the reverse) would fail silently on every send.
+    const family = isIP(dest.address);
+    const v4Socket = !this.#local.address.includes(':');
+    if (family === 0 || (family === 6 && v4Socket)) throw new Error(`UDP transport on ${this.#local.address} cannot reach ${dest.address}`);
     return this.flowFor(dest);
   }
 
