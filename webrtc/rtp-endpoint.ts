@@ -114,6 +114,8 @@ export class SourceLatch {
 
   /** `latched`: the packet's source was just taken (first, or after probation); `stray`: drop it. */
   offer(from: RtpAddress, ssrc: number, now: number): 'same' | 'latched' | 'stray' {
+    // Port 0 cannot be sent to: a raw-socket sender that set no source port, never a peer's socket.
+    if (from.port === 0) return 'stray';
     if (!this.#source) return this.#take(from, now);
     if (sameAddress(this.#source, from)) {
       this.#lastAt = now;
@@ -275,9 +277,7 @@ export class RtpEndpoint extends SafeEmitter<RtpEndpointEvents> {
     if (this.#closed || !r) return;
     this.packetsOut++;
     this.bytesOut += buf.length;
-    this.#rtp.send(buf, r.port, r.address, (err) => {
-      if (err) this.log.debug({ err }, 'RTP send failed');
-    });
+    this.#send(this.#rtp, 'RTP', buf, r);
   }
 
   sendRtcp(buf: Buffer): void {
@@ -285,9 +285,7 @@ export class RtpEndpoint extends SafeEmitter<RtpEndpointEvents> {
     const socket = this.#rtcp;
     if (this.#closed || !r || !socket) return;
     this.rtcpOut++;
-    socket.send(buf, r.port, r.address, (err) => {
-      if (err) this.log.debug({ err }, 'RTCP send failed');
-    });
+    this.#send(socket, 'RTCP', buf, r);
   }
 
   /** Releases the ports (closing both sockets); idempotent. */
@@ -295,6 +293,17 @@ export class RtpEndpoint extends SafeEmitter<RtpEndpointEvents> {
     this.#closed = true;
     this.removeAllListeners();
     return this.lease.release();
+  }
+
+  /** dgram throws synchronously for some failures (a socket closing under us): one lost packet, never an exception in the relay. */
+  #send(socket: dgram.Socket, what: string, buf: Buffer, to: RtpAddress): void {
+    try {
+      socket.send(buf, to.port, to.address, (err) => {
+        if (err) this.log.debug({ err }, `${what} send failed`);
+      });
+    } catch (err) {
+      this.log.debug({ err }, `${what} send failed`);
+    }
   }
 
   #target(kind: 'rtp' | 'rtcp'): RtpAddress | undefined {
