@@ -316,7 +316,7 @@ export class RtpEndpoint extends SafeEmitter<RtpEndpointEvents> {
   #admit(kind: 'rtp' | 'rtcp', from: RtpAddress, ssrc: number): boolean {
     const latch = kind === 'rtp' ? this.#rtpLatch : this.#rtcpLatch;
     const before = this.#target(kind);
-    const verdict = latch.offer(from, ssrc, Date.now());
+    const verdict = latch.offer(from, ssrc, performance.now()); // monotonic: a wall-clock step must not open the guard
     if (verdict === 'stray') {
       const count = kind === 'rtp' ? this.strayIn : this.rtcpStrayIn;
       if (count === 0) this.log.debug({ media: kind, from: formatAddress(from), latched: latch.source && formatAddress(latch.source) }, 'dropping packets from a source other than the latched one');
