@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { PortAllocator, PortLease } from '../webrtc/port-allocator.js';
-import type { RtpEndpoint } from '../webrtc/rtp-endpoint.js';
+import { formatAddress, type RtpEndpoint } from '../webrtc/rtp-endpoint.js';
 import type { WebRtcEndpoint } from '../webrtc/webrtc-endpoint.js';
 import { SdpError } from '../webrtc/sdp.js';
 import { GatewayError, errorMessage } from './util/errors.js';
@@ -54,7 +54,21 @@ export interface CallInfo {
       trunk?: string;
       toUser?: string;
       target: string;
-      media?: MediaCounters & { localPorts: number[]; remote?: string; bytesIn: number; bytesOut: number; rtcpIn: number };
+      media?: MediaCounters & {
+        localPorts: number[];
+        /** Where RTP is sent: the latched source when `latched`, else the SDP's address. */
+        remote?: string;
+        latched: boolean;
+        /** The SDP's address, when RTP goes elsewhere (latched). */
+        sdpRemote?: string;
+        /** Where RTCP is sent (latched independently of RTP). */
+        rtcpRemote?: string;
+        bytesIn: number;
+        bytesOut: number;
+        rtcpIn: number;
+        /** Packets dropped for coming from another source than the latched one. */
+        strayIn: number;
+      };
     };
   };
   relay?: { toSip: { packets: number; dropped: number; lost: number }; toBrowser: { packets: number; dropped: number; lost: number } };
@@ -63,14 +77,20 @@ export interface CallInfo {
 /** The SIP side's media counters as CallInfo shows them. */
 export function rtpMediaInfo(rtp: RtpEndpoint): NonNullable<CallInfo['legs']['sip']['media']> {
   const r = rtp.remote;
+  const sdp = rtp.sdpRemote;
+  const rtcp = rtp.rtcpRemote;
   return {
     localPorts: rtp.lease.ports,
-    ...(r ? { remote: `${r.address}:${r.port}` } : {}),
+    ...(r ? { remote: formatAddress(r) } : {}),
+    latched: rtp.latched,
+    ...(sdp && rtp.latched ? { sdpRemote: formatAddress(sdp) } : {}),
+    ...(rtcp ? { rtcpRemote: formatAddress(rtcp) } : {}),
     packetsIn: rtp.packetsIn,
     packetsOut: rtp.packetsOut,
     bytesIn: rtp.bytesIn,
     bytesOut: rtp.bytesOut,
     rtcpIn: rtp.rtcpIn,
+    strayIn: rtp.strayIn + rtp.rtcpStrayIn,
   };
 }
 

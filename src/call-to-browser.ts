@@ -83,7 +83,7 @@ export class CallToBrowser extends CallBase {
       this.#forkCodecs = offer.codecs;
       const lease = await d.rtpPorts.allocate({ callId: this.id, leg: 'sip' }, ['rtp', 'rtcp'], { bind: true, evenStart: true });
       if (!this.own(() => lease.release())) return;
-      this.#rtp = new RtpEndpoint(lease, this.log);
+      this.#rtp = new RtpEndpoint(lease, this.log, { symmetric: d.media.symmetricRtp });
     }
     this.disposer.timeout(() => void this.teardown({ by: 'gateway', cause: 'no-answer', status: 480 }), d.ringTimeoutMs);
     // Every device gets its own PeerConnection and ports; a device that fails to set up is dropped.

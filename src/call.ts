@@ -52,7 +52,7 @@ export class Call extends CallBase {
 
     const lease = await d.rtpPorts.allocate({ callId: this.id, leg: 'sip' }, ['rtp', 'rtcp'], { bind: true, evenStart: true });
     if (!this.own(() => lease.release())) return;
-    const rtp = new RtpEndpoint(lease, this.log);
+    const rtp = new RtpEndpoint(lease, this.log, { symmetric: d.media.symmetricRtp });
     this.#rtp = rtp;
 
     const { credentials, target, fromUser, fromDomain } = d.trunk;

@@ -98,7 +98,7 @@ export class MediaRelay {
   ) {
     this.#toSip = new StreamRewriter(media.codec.rate);
     this.#toBrowser = new StreamRewriter(media.codec.rate);
-    rtp.setRemote(media.sip.address, media.sip.port);
+    rtp.setRemote(media.sip.address, media.sip.port, media.sip.rtcpPort);
     this.#disposer.on(webrtc, 'rtp', (p: RtpPacket) => this.#fromBrowser(p));
     this.#disposer.on(rtp, 'rtp', (v: RtpView) => this.#fromSip(v));
   }

@@ -13,6 +13,8 @@ export interface HarnessOptions {
   adminToken?: string;
   rtpTimeoutMs?: number;
   noMediaTimeoutMs?: number;
+  /** media.symmetricRtp (the config's default when absent). */
+  symmetricRtp?: boolean;
   ringTimeoutMs?: number;
   dids?: Record<string, string>;
   /** More trunk settings (credentials...). */
@@ -42,6 +44,7 @@ export async function startGateway(opts: HarnessOptions): Promise<Gateway> {
       ...(opts.codecs ? { codecs: opts.codecs } : {}),
       ...(opts.rtpTimeoutMs ? { rtpTimeoutMs: opts.rtpTimeoutMs } : {}),
       ...(opts.noMediaTimeoutMs ? { noMediaTimeoutMs: opts.noMediaTimeoutMs } : {}),
+      ...(opts.symmetricRtp !== undefined ? { symmetricRtp: opts.symmetricRtp } : {}),
     },
     trunks: [{ name: 'sipp', host: '127.0.0.1', port: opts.trunkPort, transport: opts.trunkTransport ?? 'udp', ...(opts.dids ? { dids: opts.dids } : {}), ...opts.trunk }],
     users: TEST_USERS.map((username) => ({ username, password: TEST_PASSWORD })),
