@@ -87,6 +87,10 @@ export class OutboundRegistrationClient extends SafeEmitter<{ state: [status: Ou
   #destination: string | undefined;
   #timer: NodeJS.Timeout | undefined;
   #flow: Flow | undefined;
+  /** Connections lost since the last refresh that kept its connection. */
+  #drops = 0;
+  /** The flow of the last successful REGISTER. */
+  #registeredFlowId: string | undefined;
   /** The REGISTER in flight and how to settle its waiter early (flow closed, stop). */
   #pending: { txn: ClientTransaction; settle: (r: Exchange) => void } | undefined;
   /** Bumped by every new attempt and by stop(): older attempts see it and give up. */
@@ -162,6 +166,8 @@ export class OutboundRegistrationClient extends SafeEmitter<{ state: [status: Ou
         const now = Date.now();
         this.#failures = 0;
         this.#lastError = undefined;
+        if (this.#flow && this.#flow.id === this.#registeredFlowId) this.#drops = 0;
+        this.#registeredFlowId = this.#flow?.id;
         this.#lastRegisteredAt = now;
         this.#expiresAt = now + outcome.granted * 1000;
         this.#schedule(refreshDelayMs(outcome.granted));
@@ -331,16 +337,14 @@ export class OutboundRegistrationClient extends SafeEmitter<{ state: [status: Ou
     this.#abortPending();
     if (this.#stopping || this.#disposed) return;
     this.#generation++;
-    // A registrar that drops every connection right after answering must not get a REGISTER loop:
-    // a binding that did not outlive the first retry delay counts as a failure and backs off.
-    const base = this.#opts.retryBaseMs ?? DEFAULT_RETRY_BASE_MS;
-    const shortLived = this.#lastRegisteredAt !== undefined && Date.now() - this.#lastRegisteredAt < base;
+    // The first drop re-registers at once. A registrar that drops every connection right after
+    // answering must not get a REGISTER loop: further drops with no refresh in between back off.
+    this.#drops++;
     this.#lastError = `connection ${flow?.id ?? ''} closed`;
-    if (shortLived) this.#failures++;
-    const delay = shortLived ? backoffDelayMs(this.#failures, base, this.#opts.retryMaxMs ?? DEFAULT_RETRY_MAX_MS) : 0;
+    const delay = this.#drops <= 1 ? 0 : backoffDelayMs(this.#drops - 1, this.#opts.retryBaseMs ?? DEFAULT_RETRY_BASE_MS, this.#opts.retryMaxMs ?? DEFAULT_RETRY_MAX_MS);
     this.#log.info({ trunk: this.#opts.name, flow: flow?.id, delay }, 'connection to the registrar closed, registering again');
     this.#schedule(delay);
-    this.#setState(shortLived ? 'failed' : 'registering');
+    this.#setState('registering');
   }
 
   stop(): Promise<void> {

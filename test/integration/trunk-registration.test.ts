@@ -173,6 +173,25 @@ describe('trunk registration and reachability', function () {
     assert.equal(done.code, 0, formatSippResult(done));
   });
 
+  it('registers again at once when the TCP connection to the registrar closes', async () => {
+    sipp = await startSipp({ scenario: 'uas-registrar', transport: 'tcp', keys: { user: USER, password: SECRET, expires: '600' } });
+    const port = sipp.port;
+    const gw = await registering({ trunkTransport: 'tcp', trunk: { password: SECRET, registerExpires: 600 }, registrationRetryBaseMs: 60_000 });
+    await until(() => trunk(gw).registration?.state === 'registered', 'the registration over TCP');
+    assert.equal(trunk(gw).registration!.destination, `tcp:127.0.0.1:${port}`);
+    assert.ok(trunk(gw).registration!.nextAttemptAt! - Date.now() > 60_000, 'the refresh is minutes away');
+
+    // The registrar goes away with the connection; the next REGISTER cannot wait for the refresh.
+    await sipp.stop();
+    const r = await until(() => {
+      const s = trunk(gw).registration;
+      return s?.state === 'failed' ? s : undefined;
+    }, 'a new REGISTER after the connection closed');
+    assert.match(r.lastError!, new RegExp(`cannot reach tcp:127\\.0\\.0\\.1:${port}`));
+    assert.equal(r.failures, 1);
+    assert.equal(await metric(gw, 'gw_trunk_registered{trunk="sipp"}'), 0);
+  });
+
   it('pings the trunk with OPTIONS: reachable when it answers', async () => {
     sipp = await startSipp({ scenario: 'uas-options', calls: 1000 });
     const gw = await start({ trunkPort: sipp.port, trunk: { optionsPingMs: 200 } });
