@@ -112,7 +112,7 @@ export class OutboundRegistrationClient extends SafeEmitter<{ state: [status: Ou
     this.#expires = opts.expires;
     this.#onDone = onDone;
     this.#aor = `sip:${opts.username}@${opts.domain ?? opts.trunk.target.host}`;
-    this.#log = ctx.log.child({ registration: opts.name ?? this.#aor });
+    this.#log = ctx.log.child({ trunk: opts.name, aor: this.#aor });
     // Let the caller attach listeners before the first outcome.
     this.#schedule(0);
   }
@@ -134,7 +134,7 @@ export class OutboundRegistrationClient extends SafeEmitter<{ state: [status: Ou
     this.#state = state;
     if (changed) {
       const s = this.status();
-      this.#log.info({ trunk: this.#opts.name, aor: this.#aor, state, lastError: s.lastError, failures: s.failures, destination: s.destination }, 'trunk registration state');
+      this.#log.info({ state, lastError: s.lastError, failures: s.failures, destination: s.destination }, 'trunk registration state');
     }
     this.safeEmit('state', this.status());
   }
@@ -241,7 +241,7 @@ export class OutboundRegistrationClient extends SafeEmitter<{ state: [status: Ou
         if (s === 423 && expires > 0) {
           const min = leadingInt(r.msg.getHeader('min-expires'), MAX_MIN_EXPIRES_S);
           if (min === undefined || min <= expires || ++minExpiresTries > 3) return { kind: 'failed', error: `${reason} (Min-Expires ${min ?? 'missing'})` };
-          this.#log.info({ trunk: this.#opts.name, from: expires, to: min }, 'registrar asks for a longer expiry');
+          this.#log.info({ from: expires, to: min }, 'registrar asks for a longer expiry');
           this.#expires = expires = min;
           auth = undefined;
           challenged = false;
@@ -342,7 +342,7 @@ export class OutboundRegistrationClient extends SafeEmitter<{ state: [status: Ou
     this.#drops++;
     this.#lastError = `connection ${flow?.id ?? ''} closed`;
     const delay = this.#drops <= 1 ? 0 : backoffDelayMs(this.#drops - 1, this.#opts.retryBaseMs ?? DEFAULT_RETRY_BASE_MS, this.#opts.retryMaxMs ?? DEFAULT_RETRY_MAX_MS);
-    this.#log.info({ trunk: this.#opts.name, flow: flow?.id, delay }, 'connection to the registrar closed, registering again');
+    this.#log.info({ flow: flow?.id, delay }, 'connection to the registrar closed, registering again');
     this.#schedule(delay);
     this.#setState('registering');
   }
@@ -369,7 +369,7 @@ export class OutboundRegistrationClient extends SafeEmitter<{ state: [status: Ou
       clearTimeout(timer);
       if (outcome.kind === 'failed') {
         this.#lastError = outcome.error;
-        this.#log.warn({ trunk: this.#opts.name, err: outcome.error }, 'un-REGISTER failed');
+        this.#log.warn({ err: outcome.error }, 'un-REGISTER failed');
       }
       this.#generation++;
       this.#abortPending();

@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import type dgram from 'node:dgram';
 import type { Gateway } from '../../src/gateway.js';
 import type { TrunkStatus } from '../../src/trunk-monitor.js';
-import { assertClean, requireSipp, startGateway, type HarnessOptions } from '../support/gateway-harness.js';
+import { assertClean, requireSipp, startGateway, TEST_PASSWORD, wsUrl, type HarnessOptions } from '../support/gateway-harness.js';
+import { Softphone } from '../support/softphone.js';
 import { bindUdp, closeUdp } from '../support/ports.js';
 import { formatSippResult, startSipp, type SippMessage, type SippPeer } from '../support/sipp.js';
 
@@ -49,6 +50,8 @@ describe('trunk registration and reachability', function () {
   let gw: Gateway | undefined;
   let sipp: SippPeer | undefined;
   let silent: dgram.Socket | undefined;
+  let caller: SippPeer | undefined;
+  let phone: Softphone | undefined;
 
   before(requireSipp);
 
@@ -56,10 +59,12 @@ describe('trunk registration and reachability', function () {
     try {
       if (gw) await assertClean(gw);
     } finally {
+      await phone?.close();
+      await caller?.stop();
       await gw?.close();
       await sipp?.stop();
       if (silent) await closeUdp(silent);
-      gw = sipp = silent = undefined;
+      gw = sipp = caller = silent = phone = undefined;
     }
   });
 
@@ -190,6 +195,31 @@ describe('trunk registration and reachability', function () {
     assert.match(r.lastError!, new RegExp(`cannot reach tcp:127\\.0\\.0\\.1:${port}`));
     assert.equal(r.failures, 1);
     assert.equal(await metric(gw, 'gw_trunk_registered{trunk="sipp"}'), 0);
+  });
+
+  it('an INVITE from the registrar to our registered Contact reaches the user the DID map names', async () => {
+    sipp = await startSipp({ scenario: 'uas-registrar', keys: { user: USER, password: SECRET, expires: '600' }, traceMsg: true });
+    const registrar = sipp;
+    const gw = await registering({ trunk: { password: SECRET }, dids: { [USER]: 'alice' } });
+    await until(() => trunk(gw).registration?.state === 'registered', 'the registration');
+    const contact = header(registers(await registrar.messages()).at(-1)!, 'Contact')!;
+    const m = /^<sip:gwtrunk@([\d.]+):(\d+);transport=udp>$/.exec(contact);
+    assert.ok(m, contact);
+
+    phone = await Softphone.connect({ server: wsUrl(gw), user: 'alice', domain: '127.0.0.1', password: TEST_PASSWORD });
+    await phone.register({ expires: 300 });
+    // The trunk calls the Contact it holds for gwtrunk (SIPp's UAC, from the trunk's address).
+    caller = await startSipp({
+      scenario: 'uac-call',
+      remote: `${m[1]}:${m[2]}`,
+      calls: 1,
+      keys: { to_user: USER, hangup_ms: '500', bye_wait_ms: '15000', linger_ms: '500' },
+    });
+    const inc = await phone.nextIncoming(10_000);
+    await inc.answer();
+    await inc.waitTerminated(10_000);
+    const done = await caller.done;
+    assert.equal(done.code, 0, formatSippResult(done));
   });
 
   it('pings the trunk with OPTIONS: reachable when it answers', async () => {
