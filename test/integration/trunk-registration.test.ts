@@ -29,12 +29,12 @@ async function metric(gw: Gateway, series: string): Promise<number | undefined> 
 }
 
 /** Polls an async condition (SIPp's message log, the admin API); bounded. */
-async function until<T>(probe: () => Promise<T | undefined> | T | undefined, what: string, timeoutMs = 15_000): Promise<T> {
+async function until<T>(probe: () => Promise<T | undefined> | T | undefined, what: string, detail?: () => Promise<string>, timeoutMs = 15_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const v = await probe();
     if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${detail ? `\n${await detail().catch((e: Error) => e.message)}` : ''}`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }
@@ -164,7 +164,10 @@ describe('trunk registration and reachability', function () {
       return r?.state === 'failed' ? r : undefined;
     }, 'the 503');
     assert.equal(afterBusy.lastError, '503 Service Unavailable');
-    await until(() => trunk(gw).registration?.state === 'registered', 'the registration');
+    await until(() => trunk(gw).registration?.state === 'registered', 'the registration', async () => {
+      const seen = (await sipp!.messages()).map((m) => `${m.time} ${m.kind} ${m.method ?? m.status} CSeq ${m.cseq?.seq} Expires ${header(m, 'Expires')}`);
+      return `${JSON.stringify(trunk(gw).registration)}\n${seen.join('\n')}`;
+    });
     const r = trunk(gw).registration!;
     assert.equal(r.expiresAt! - r.lastRegisteredAt!, 5000);
 
