@@ -314,12 +314,13 @@ export class OutboundRegistrationClient extends SafeEmitter<{ state: [status: Ou
     });
   }
 
-  #abortPending(): void {
+  /** Ends the REGISTER in flight; its attempt sees `error` (stale attempts just drop it). */
+  #abortPending(error = 'aborted', transport = false): void {
     const p = this.#pending;
     if (!p) return;
     this.#pending = undefined;
     p.txn.terminate();
-    p.settle({ error: 'aborted', transport: false });
+    p.settle({ error, transport });
   }
 
   #useFlow(flow: Flow): void {
@@ -333,18 +334,27 @@ export class OutboundRegistrationClient extends SafeEmitter<{ state: [status: Ou
   onFlowClosed(): void {
     const flow = this.#flow;
     this.#flow = undefined;
-    // A REGISTER in flight on it will never be answered.
-    this.#abortPending();
+    const lost = `connection ${flow?.id ?? ''} closed`;
+    // A REGISTER in flight on it will never be answered: that attempt fails as a transport error
+    // (next destination, else the usual backoff).
+    if (this.#pending) return this.#abortPending(lost, true);
     if (this.#stopping || this.#disposed) return;
     this.#generation++;
+    this.#lastError = lost;
     // The first drop re-registers at once. A registrar that drops every connection right after
     // answering must not get a REGISTER loop: further drops with no refresh in between back off.
     this.#drops++;
-    this.#lastError = `connection ${flow?.id ?? ''} closed`;
-    const delay = this.#drops <= 1 ? 0 : backoffDelayMs(this.#drops - 1, this.#opts.retryBaseMs ?? DEFAULT_RETRY_BASE_MS, this.#opts.retryMaxMs ?? DEFAULT_RETRY_MAX_MS);
-    this.#log.info({ flow: flow?.id, delay }, 'connection to the registrar closed, registering again');
+    if (this.#drops <= 1) {
+      this.#log.info({ flow: flow?.id }, 'connection to the registrar closed, registering again');
+      this.#schedule(0);
+      this.#setState('registering');
+      return;
+    }
+    this.#failures++;
+    const delay = backoffDelayMs(this.#drops - 1, this.#opts.retryBaseMs ?? DEFAULT_RETRY_BASE_MS, this.#opts.retryMaxMs ?? DEFAULT_RETRY_MAX_MS);
+    this.#log.info({ flow: flow?.id, delay }, 'connection to the registrar closed again, backing off');
     this.#schedule(delay);
-    this.#setState('registering');
+    this.#setState('failed');
   }
 
   stop(): Promise<void> {
