@@ -103,7 +103,7 @@ export class GatewayProcess {
         // Below Linux's ephemeral range (32768+), where the load generator's own sockets land.
         media: { rtpPorts: [20000, 24999], webrtcPorts: [25000, 29999] },
         users: [BENCH_USER, CALLEE_USER, SIGNAL_USER],
-        trunks: [{ name: 'sipp', host: '127.0.0.1', port: o.trunkPort, transport: 'udp' }],
+        trunks: [{ name: 'sipp', host: '127.0.0.1', port: o.trunkPort, transport: 'udp', optionsPingMs: 0 }],
         calls: { maxConcurrent, ...(o.keepEndedMax !== undefined ? { keepEndedMax: o.keepEndedMax } : {}) },
         shutdown: { drainMs: 2000 },
         log: { level: o.logLevel ?? 'info' },

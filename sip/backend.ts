@@ -157,6 +157,13 @@ export interface OutboundRegistrationOptions {
   credentials?: DigestCredentials;
   /** Requested expiry in seconds; the registrar may shorten it. */
   expires: number;
+  /** For logs (the trunk's name). */
+  name?: string;
+  /** First retry delay after a failure, doubled per failure up to retryMaxMs (defaults 5000 and 300000). */
+  retryBaseMs?: number;
+  retryMaxMs?: number;
+  /** How long stop() waits for the answer to the un-REGISTER (default 2000). */
+  stopTimeoutMs?: number;
 }
 
 export interface OutboundRegistrationStatus {

@@ -22,6 +22,8 @@ import { Dialog } from './dialog.js';
 import { InboundCallLeg } from './inbound-call.js';
 import { buildResponse, parseSipMessage, randomToken, type ParsedRequest, type ParsedResponse, type ResponseOptions } from './message.js';
 import { OutboundCallLeg } from './outbound-call.js';
+import { OutboundRegistrationClient } from './outbound-registration.js';
+import { InvalidStateError } from '../src/util/errors.js';
 import type { DialogOwner, FlowBound, StackContext } from './stack-context.js';
 import { ClientTransaction, DEFAULT_TIMERS, ServerTransaction, clientKey, serverKey, type SipTimers } from './transactions.js';
 import type { Address, Flow, SipTransport, TransportKind } from './transport/flow.js';
@@ -68,6 +70,7 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
   #inviteLegs = new Map<string, InboundCallLeg>();
   #flowLegs = new Map<string, Set<FlowBound>>();
   #retransmissions = 0;
+  #outboundRegistrations = new Set<OutboundRegistrationClient>();
   #closed = false;
   readonly #ctx: StackContext;
   readonly #access: AccessControl | undefined;
@@ -131,8 +134,11 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
     return leg;
   }
 
-  register(_opts: OutboundRegistrationOptions): OutboundRegistration {
-    throw new Error('outbound registration: not implemented yet');
+  register(opts: OutboundRegistrationOptions): OutboundRegistration {
+    if (this.#closed) throw new InvalidStateError('SIP stack closed');
+    const reg: OutboundRegistrationClient = new OutboundRegistrationClient(this.#ctx, opts, () => this.#outboundRegistrations.delete(reg));
+    this.#outboundRegistrations.add(reg);
+    return reg;
   }
 
   ping(target: TrunkTarget): Promise<PingResult> {
@@ -357,6 +363,9 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
     if (this.#closed) return;
     this.#closed = true;
     this.#access?.close();
+    // Un-REGISTERing is the owner's job (stop() before close()); what is left just lets go.
+    for (const r of [...this.#outboundRegistrations]) r.dispose();
+    this.#outboundRegistrations.clear();
     for (const t of [...this.#client.values(), ...this.#server.values()]) t.terminate();
     this.#client.clear();
     this.#server.clear();

@@ -6,6 +6,7 @@ import type { PortAllocator, PortRecord } from '../webrtc/port-allocator.js';
 import type { CallController } from './call-controller.js';
 import type { GatewayConfig } from './config.js';
 import type { GatewayMetrics } from './metrics.js';
+import type { TrunkStatus } from './trunk-monitor.js';
 
 export interface AdminDeps {
   config: GatewayConfig;
@@ -14,9 +15,39 @@ export interface AdminDeps {
   webrtcPorts: PortAllocator;
   metrics: GatewayMetrics;
   registrations(): Registration[];
+  /** Registration and reachability of each configured trunk. */
+  trunks(): TrunkStatus[];
   /** Readiness beyond the ports: listeners up, not draining. */
   ready(): { ready: boolean; reasons: string[] };
   log: Logger;
+}
+
+const iso = (ms: number | undefined) => (ms === undefined ? null : new Date(ms).toISOString());
+
+/** Times as ISO strings and absent values as null, like /api/registrations. */
+function trunkView(t: TrunkStatus) {
+  const r = t.registration;
+  return {
+    name: t.name,
+    host: t.host,
+    port: t.port ?? null,
+    transport: t.transport ?? null,
+    registration: r
+      ? {
+          state: r.state,
+          expiresAt: iso(r.expiresAt),
+          lastRegisteredAt: iso(r.lastRegisteredAt),
+          lastError: r.lastError ?? null,
+          failures: r.failures,
+          nextAttemptAt: iso(r.nextAttemptAt),
+          destination: r.destination ?? null,
+        }
+      : null,
+    reachability: t.reachability,
+    lastPingAt: iso(t.lastPingAt),
+    rttMs: t.rttMs ?? null,
+    lastError: t.lastError ?? null,
+  };
 }
 
 class HttpError extends Error {
@@ -124,9 +155,7 @@ export class AdminApi {
         return this.#json(res, 200, { registrations: regs });
       }
       if (path === '/api/trunks' && method === 'GET') {
-        return this.#json(res, 200, {
-          trunks: this.#deps.config.trunks.map((t) => ({ name: t.name, host: t.host, port: t.port, transport: t.transport, reachability: 'unknown' })),
-        });
+        return this.#json(res, 200, { trunks: this.#deps.trunks().map(trunkView) });
       }
       throw new HttpError(404, 'NOT_FOUND', `no route for ${method} ${path}`);
     } catch (err) {

@@ -13,7 +13,14 @@ import { createLogger } from './logger.js';
 import { GatewayMetrics } from './metrics.js';
 import { trunkTarget } from './router.js';
 import { TestExtensions } from './test-extensions.js';
+import { TrunkMonitor, type TrunkStatus } from './trunk-monitor.js';
 import { serveWeb } from './web-server.js';
+
+/** Knobs that are not configuration: tests use them to avoid waiting. */
+export interface GatewayStartOptions {
+  /** First retry delay of a failed trunk registration (default 5000 ms). */
+  registrationRetryBaseMs?: number;
+}
 
 export interface GatewayStats {
   calls: number;
@@ -78,6 +85,7 @@ export class Gateway {
   #sip: SipStack;
   #controller: CallController;
   #admin: AdminApi | undefined;
+  #trunks: TrunkMonitor | undefined;
   #closing: Promise<void> | undefined;
 
   #extensions: TestExtensions | undefined;
@@ -94,7 +102,7 @@ export class Gateway {
     this.#controller = new CallController({ sip, rtpPorts, webrtcPorts, config, log, metrics, ...(extensions ? { extensions } : {}) });
   }
 
-  static async start(config: GatewayConfig, log: Logger = createLogger(config.log.level)): Promise<Gateway> {
+  static async start(config: GatewayConfig, log: Logger = createLogger(config.log.level), opts: GatewayStartOptions = {}): Promise<Gateway> {
     const bind = config.media.bindAddress ?? config.http.host;
     const rtpPorts = new PortAllocator({ host: bind, range: config.media.rtpPorts });
     const webrtcPorts = new PortAllocator({ host: bind, range: config.media.webrtcPorts });
@@ -124,6 +132,7 @@ export class Gateway {
       wsConnections: () => gw?.sip.wsConnections ?? 0,
       registrations: () => gw?.sip.registrations().length ?? 0,
       sipRetransmissions: () => gw?.sip.stats().retransmissions ?? 0,
+      trunks: () => gw?.trunkStatus() ?? [],
     });
     const resolver = new SipResolver(config.sip.dns.servers ? { servers: config.sip.dns.servers } : {});
     let sip: SipStack;
@@ -152,6 +161,12 @@ export class Gateway {
       throw err;
     }
     gw = new Gateway(config, log, server, sip, rtpPorts, webrtcPorts, metrics, extensions);
+    gw.#trunks = TrunkMonitor.start({
+      sip,
+      trunks: config.trunks,
+      log: log.child({ component: 'trunks' }),
+      ...(opts.registrationRetryBaseMs !== undefined ? { registrationRetryBaseMs: opts.registrationRetryBaseMs } : {}),
+    });
     try {
       gw.#admin = await AdminApi.start({
         config,
@@ -160,6 +175,7 @@ export class Gateway {
         webrtcPorts,
         metrics,
         registrations: () => sip.registrations(),
+        trunks: () => gw!.trunkStatus(),
         ready: () => (gw!.#controller.draining ? { ready: false, reasons: ['draining'] } : { ready: true, reasons: [] }),
         log: log.child({ component: 'admin' }),
       });
@@ -183,6 +199,11 @@ export class Gateway {
   get httpAddress(): { address: string; port: number } {
     const a = this.#http.address();
     return a && typeof a === 'object' ? { address: a.address, port: a.port } : { address: '', port: 0 };
+  }
+
+  /** Registration and reachability of each trunk (empty before the monitor starts). */
+  trunkStatus(): TrunkStatus[] {
+    return this.#trunks?.status() ?? [];
   }
 
   get adminAddress(): { address: string; port: number } {
@@ -230,6 +251,8 @@ export class Gateway {
   }
 
   async #closeRest(): Promise<void> {
+    // Un-REGISTER while the SIP stack can still send (each registration bounds its own wait).
+    await this.#trunks?.stop();
     await this.#admin?.close();
     await this.#extensions?.close();
     await this.#sip.close();

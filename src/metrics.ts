@@ -1,5 +1,6 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { SipObserver } from '../sip/backend.js';
+import type { TrunkStatus } from './trunk-monitor.js';
 
 export interface MetricsSources {
   callsActive(): { outbound: number; inbound: number };
@@ -8,6 +9,7 @@ export interface MetricsSources {
   wsConnections(): number;
   registrations(): number;
   sipRetransmissions(): number;
+  trunks(): TrunkStatus[];
 }
 
 /**
@@ -55,6 +57,14 @@ export class GatewayMetrics {
     } });
     new Gauge({ name: 'gw_registrations', help: 'Registered contacts', registers, collect() {
       this.set(src.registrations());
+    } });
+    new Gauge({ name: 'gw_trunk_registered', help: 'Trunk registration in force (1) or not (0), for trunks that register', labelNames: ['trunk'], registers, collect() {
+      this.reset();
+      for (const t of src.trunks()) if (t.registration) this.set({ trunk: t.name }, t.registration.state === 'registered' ? 1 : 0);
+    } });
+    new Gauge({ name: 'gw_trunk_reachable', help: 'Trunk answering OPTIONS (1), not answering (0), unknown or not pinged (-1)', labelNames: ['trunk'], registers, collect() {
+      this.reset();
+      for (const t of src.trunks()) this.set({ trunk: t.name }, t.reachability === 'reachable' ? 1 : t.reachability === 'unreachable' ? 0 : -1);
     } });
     this.sipMessages = new Counter({
       name: 'gw_sip_messages_total',

@@ -201,7 +201,7 @@ describe('operations: admin API, metrics, media timeouts, graceful shutdown', fu
         admin: { host: '127.0.0.1', port: 0 },
         media: { rtpPorts: [rtpBase, rtpBase + 9], webrtcPorts: [webrtcBase, webrtcBase + 9] },
         shutdown: { drainMs: 1000 },
-        trunks: [{ name: 'sipp', host: '127.0.0.1', port: sipp.port, transport: 'udp' }],
+        trunks: [{ name: 'sipp', host: '127.0.0.1', port: sipp.port, transport: 'udp', optionsPingMs: 0 }],
         users: [{ username: 'alice', password: TEST_PASSWORD }],
         log: { level: 'info' },
       }),

@@ -21,6 +21,8 @@ export interface HarnessOptions {
   trunk?: Record<string, unknown>;
   /** Raw config merged last, key by key (arrays replace). */
   extra?: Record<string, unknown>;
+  /** First retry delay of a failed trunk registration (the gateway's default is 5000 ms). */
+  registrationRetryBaseMs?: number;
 }
 
 /** Users every test gateway knows, all with TEST_PASSWORD. */
@@ -46,13 +48,14 @@ export async function startGateway(opts: HarnessOptions): Promise<Gateway> {
       ...(opts.noMediaTimeoutMs ? { noMediaTimeoutMs: opts.noMediaTimeoutMs } : {}),
       ...(opts.symmetricRtp !== undefined ? { symmetricRtp: opts.symmetricRtp } : {}),
     },
-    trunks: [{ name: 'sipp', host: '127.0.0.1', port: opts.trunkPort, transport: opts.trunkTransport ?? 'udp', ...(opts.dids ? { dids: opts.dids } : {}), ...opts.trunk }],
+    // No OPTIONS pings unless a test asks: SIPp UAS scenarios fail on a message they do not expect.
+    trunks: [{ name: 'sipp', host: '127.0.0.1', port: opts.trunkPort, transport: opts.trunkTransport ?? 'udp', optionsPingMs: 0, ...(opts.dids ? { dids: opts.dids } : {}), ...opts.trunk }],
     users: TEST_USERS.map((username) => ({ username, password: TEST_PASSWORD })),
     ...(opts.ringTimeoutMs ? { calls: { ringTimeoutMs: opts.ringTimeoutMs } } : {}),
   };
   const config = loadConfig(undefined, deepMerge(base, opts.extra ?? {}));
   const log = pino({ level: process.env.GW_TEST_LOG ?? 'silent' });
-  return Gateway.start(config, log);
+  return Gateway.start(config, log, opts.registrationRetryBaseMs !== undefined ? { registrationRetryBaseMs: opts.registrationRetryBaseMs } : {});
 }
 
 export function wsUrl(gw: Gateway): string {

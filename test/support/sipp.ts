@@ -22,6 +22,9 @@ export type SippScenarioName =
   | 'uas-reject'
   | 'uas-ring-no-answer'
   | 'uas-silent'
+  | 'uas-registrar'
+  | 'uas-registrar-busy'
+  | 'uas-options'
   | 'uac-self-test';
 
 export interface SippOptions {
@@ -166,6 +169,9 @@ const SCENARIO_DEFAULTS: Readonly<Record<SippScenarioName, ScenarioDefaults>> = 
   // -nd: nothing at all may be sent, not even for a call SIPp aborts.
   'uas-silent': { keys: () => ({ silent_ms: '5000' }), args: ['-nd'] },
   'uac-self-test': { keys: (o) => ({ mode: 'answer', hold_ms: '500', linger_ms: lingerMs(o) }) },
+  'uas-registrar': { keys: () => ({ user: 'gwtrunk', password: 'trunk-secret', expires: '3' }) },
+  'uas-registrar-busy': { keys: () => ({ retry_after: '1', min_expires: '5', expires: '5' }) },
+  'uas-options': { keys: () => ({}) },
 };
 
 const HERE = dirname(fileURLToPath(import.meta.url));
