@@ -45,6 +45,8 @@ export async function pingTrunk(ctx: StackContext, trunk: TrunkTarget, fromUser 
       });
       txn.on('timeout', () => resolve(new Error(`no response from ${destination}`)));
       txn.on('transportError', (err) => resolve(err));
+      // The stack closing ends transactions without a response: settle instead of hanging.
+      txn.once('terminated', () => resolve(new Error(`no response from ${destination} (transaction ended)`)));
       txn.start();
     });
     if (!(result instanceof Error)) return result;
