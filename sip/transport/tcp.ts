@@ -1,6 +1,6 @@
 import net from 'node:net';
 import tls from 'node:tls';
-import { EventEmitter } from 'node:events';
+import { EventEmitter, once } from 'node:events';
 import type { Address, Flow, FlowDestination, SipTransport, TransportEvents } from './flow.js';
 import { StreamFramer } from './stream-framer.js';
 import { TransportError, createTlsServer, identityName, tlsConnectOptions, trustedRoots, type TlsMaterial } from './tls.js';
@@ -251,8 +251,10 @@ export class StreamTransport extends EventEmitter<TransportEvents> implements Si
     if (this.#closed) return;
     this.#closed = true;
     for (const s of this.#connecting) s.destroy();
+    // Resolve once every connection has gone (its flowClosed emitted), not just been asked to.
+    const gone = [...this.#connections].map((c) => (c.socket.closed ? undefined : once(c.socket, 'close').then(() => undefined, () => undefined)));
     for (const c of this.#connections) c.socket.destroy();
     const server = this.#server;
-    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+    await Promise.all([...gone, server ? new Promise<void>((resolve) => server.close(() => resolve())) : undefined]);
   }
 }

@@ -94,6 +94,18 @@ describe('SIP transports: TCP, TLS and WSS', function () {
     assert.equal((await receivedBy(uas, 'BYE')).length, 1);
   });
 
+  it('sends RFC 5626 CRLF pings to a TCP trunk during a call; the call is unaffected', async () => {
+    const uas = await sipp({ scenario: 'uas-answer-then-bye', transport: 'tcp', rtpEcho: true, traceMsg: true, keys: { hold_ms: '1500' } });
+    gw = await startGateway({ trunkPort: uas.port, trunkTransport: 'tcp', keepAliveMs: 100 });
+    const call = (await phone()).call('sip:1000@127.0.0.1');
+    await call.established;
+    void call.startSendingPcmu({ count: 75, intervalMs: 20 }).catch(() => undefined);
+    const end = await call.waitTerminated(15_000);
+    assert.equal(end.byeReceived, true, 'SIPp hung up after its hold time');
+    const done = await uas.done;
+    assert.equal(done.code, 0, done.errors);
+  });
+
   it('bridges to a SIPp trunk over TLS, verifying its certificate against the configured CA', async () => {
     const uas = await sipp({ scenario: 'uas-answer', transport: 'tls', tls: { cert: server.cert, key: server.key }, rtpEcho: true, traceMsg: true });
     gw = await tlsGateway({ trunkPort: uas.port });
