@@ -26,7 +26,6 @@ const TCP_KEEPALIVE_MS = 60_000;
 interface Connection {
   readonly flow: Flow;
   readonly socket: net.Socket;
-  readonly key: string;
   /** TLS connections we opened with verification on: the name the certificate was verified against. */
   readonly verifiedName: string | undefined;
   keepAlive?: NodeJS.Timeout;
@@ -108,7 +107,12 @@ export class StreamTransport extends EventEmitter<TransportEvents> implements Si
     return this.#connections.size;
   }
 
-  #adopt(socket: net.Socket, verifiedName: string | undefined, outbound = false): Flow {
+  #adopt(socket: net.Socket, verifiedName: string | undefined, outbound = false): Flow | undefined {
+    if (this.#closed) {
+      // Accepted while closing (a handshake in flight when close() began).
+      socket.destroy();
+      return undefined;
+    }
     const remote = { address: socket.remoteAddress ?? '', port: socket.remotePort ?? 0 };
     const key = `${remote.address}:${remote.port}`;
     const label = this.kind.toUpperCase();
@@ -124,7 +128,7 @@ export class StreamTransport extends EventEmitter<TransportEvents> implements Si
         this.emit('sent', data, flow);
       },
     };
-    const conn: Connection = { flow, socket, key, verifiedName, answersPings: false };
+    const conn: Connection = { flow, socket, verifiedName, answersPings: false };
     this.#connections.add(conn);
     let set = this.#byRemote.get(key);
     if (!set) this.#byRemote.set(key, (set = new Set()));
@@ -229,22 +233,27 @@ export class StreamTransport extends EventEmitter<TransportEvents> implements Si
             reject(new TransportError('GW_SIP_CONNECT_FAILED', `${this.kind.toUpperCase()} connect to ${where} failed: ${err.message}`, { cause: err }));
           }
         };
+        // close() destroys connections in progress without an error.
+        const onClose = () => {
+          clearTimeout(timer);
+          reject(new TransportError('GW_SIP_CONNECT_FAILED', `${this.kind.toUpperCase()} connect to ${where} aborted: transport closed`));
+        };
         socket.once('connect', () => (connected = true));
         socket.once(isTls ? 'secureConnect' : 'connect', () => {
           clearTimeout(timer);
           socket.off('error', onError);
+          socket.off('close', onClose);
           resolve();
         });
         socket.once('error', onError);
+        socket.once('close', onClose);
       });
     } finally {
       this.#connecting.delete(socket);
     }
-    if (this.#closed) {
-      socket.destroy();
-      throw new Error(`${this.kind.toUpperCase()} transport closed`);
-    }
-    return this.#adopt(socket, verifiedName, true);
+    const flow = this.#adopt(socket, verifiedName, true);
+    if (!flow) throw new Error(`${this.kind.toUpperCase()} transport closed`);
+    return flow;
   }
 
   async close(): Promise<void> {

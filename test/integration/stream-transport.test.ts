@@ -189,6 +189,23 @@ describe('stream transport (TCP and TLS)', function () {
     await assert.rejects(untrusting.flowTo({ address: '127.0.0.1', port: 1 }), { code: 'GW_SIP_CONNECT_FAILED' });
   });
 
+  it('close() aborts a connection attempt in progress: flowTo rejects and no socket is left', async () => {
+    // A TCP server that never answers the TLS handshake.
+    const silent = net.createServer((s) => s.on('error', () => undefined));
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+    const accepted = once(silent, 'connection');
+    cleanups.push(() => new Promise<void>((r) => silent.close(() => r())));
+    const t = await StreamTransport.create({ kind: 'tls', connectTimeoutMs: 25_000 });
+    const pending = t.flowTo({ address: '127.0.0.1', port: (silent.address() as net.AddressInfo).port });
+    const [sock] = (await accepted) as [net.Socket];
+    const peerClosed = once(sock, 'close');
+    await t.close();
+    await assert.rejects(pending, (e: Error & { code?: string }) => e.code === 'GW_SIP_CONNECT_FAILED' && /aborted/.test(e.message));
+    await peerClosed;
+    assert.equal(t.connections, 0);
+    await assert.rejects(t.flowTo({ address: '127.0.0.1', port: 1 }), /closed/);
+  });
+
   it('a TLS listener survives bad clients and frames messages from good ones', async () => {
     const listener = await transport({ kind: 'tls', listen: { host: '127.0.0.1', port: 0 }, tls: { cert: cert.certPem, key: cert.keyPem } });
     const errors: Array<Error & { code?: string }> = [];
