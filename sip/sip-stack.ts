@@ -1,4 +1,5 @@
 import type http from 'node:http';
+import tls from 'node:tls';
 import type { Logger } from 'pino';
 import { SafeEmitter } from '../src/util/safe-emitter.js';
 import { AccessControl, type AccessOptions } from './access-control.js';
@@ -27,7 +28,8 @@ import { InvalidStateError } from '../src/util/errors.js';
 import type { DialogOwner, FlowBound, StackContext } from './stack-context.js';
 import { ClientTransaction, DEFAULT_TIMERS, ServerTransaction, clientKey, serverKey, type SipTimers } from './transactions.js';
 import type { Address, Flow, SipTransport, TransportKind } from './transport/flow.js';
-import { TcpTransport } from './transport/tcp.js';
+import { StreamTransport } from './transport/tcp.js';
+import type { TlsMaterial } from './transport/tls.js';
 import { UdpTransport } from './transport/udp.js';
 import { WsTransport } from './transport/ws.js';
 
@@ -39,8 +41,12 @@ export interface SipListen {
 
 export interface SipStackOptions {
   listen: SipListen[];
-  /** SIP over WebSocket is served on this HTTP server's upgrades (subprotocol `sip`). */
+  /** SIP over WebSocket is served on this HTTP server's upgrades (subprotocol `sip`); an HTTPS server makes it WSS. */
   httpServer?: http.Server;
+  /** PEM certificate and key of the TLS listener (also offered as client certificate); `ca` is trusted besides Node's roots. */
+  tls?: TlsMaterial;
+  /** RFC 5626 CRLF keep-alive on TCP/TLS connections we open, every this many ms (0 or absent: off). */
+  keepAliveMs?: number;
   /** Address put in Via and Contact; defaults to each transport's bound address. */
   announceAddress?: string;
   timers?: Partial<SipTimers>;
@@ -90,9 +96,15 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
     const stack = new SipStack(opts);
     try {
       for (const l of opts.listen) {
-        if (l.transport === 'tls') throw new Error('SIP over TLS: not implemented yet');
-        const t = l.transport === 'udp' ? await UdpTransport.listen(l.host, l.port) : await TcpTransport.listen(l.host, l.port);
-        stack.#addTransport(t);
+        if (l.transport === 'udp') stack.#addTransport(await UdpTransport.listen(l.host, l.port));
+        else {
+          if (l.transport === 'tls' && (!opts.tls?.cert || !opts.tls.key)) throw new TypeError('a TLS listener needs tls.cert and tls.key');
+          stack.#addTransport(await StreamTransport.create(stack.#streamOptions(l.transport, { host: l.host, port: l.port })));
+        }
+      }
+      // Trunks may be reached over TCP or TLS without our listening on it: connections go out only.
+      for (const kind of ['tcp', 'tls'] as const) {
+        if (!stack.#transports.has(kind)) stack.#addTransport(await StreamTransport.create(stack.#streamOptions(kind)));
       }
       if (opts.httpServer) stack.#addTransport(new WsTransport(opts.httpServer));
     } catch (err) {
@@ -102,12 +114,25 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
     return stack;
   }
 
+  #streamOptions(kind: 'tcp' | 'tls', listen?: { host: string; port: number }) {
+    return {
+      kind,
+      ...(listen ? { listen } : {}),
+      ...(kind === 'tls' && this.#opts.tls ? { tls: this.#opts.tls } : {}),
+      ...(this.#opts.keepAliveMs ? { keepAliveMs: this.#opts.keepAliveMs } : {}),
+    };
+  }
+
   #addTransport(t: SipTransport): void {
     if (this.#transports.has(t.kind)) throw new TypeError(`only one ${t.kind} listener is supported`);
     this.#transports.set(t.kind, t);
     t.on('message', (data, flow) => this.#onMessage(data, flow));
     t.on('flowClosed', (flow) => this.#onFlowClosed(flow));
-    t.on('error', (err) => this.#log.warn({ err, transport: t.kind }, 'SIP transport error'));
+    t.on('error', (err) => {
+      // A client failing our TLS handshake is its own problem (scanners, wrong CA): not a warning of ours.
+      const level = (err as { code?: string }).code === 'GW_SIP_TLS_HANDSHAKE' ? 'info' : 'warn';
+      this.#log[level]({ err, transport: t.kind }, 'SIP transport error');
+    });
     const observer = this.#opts.observer;
     if (observer) {
       t.on('sent', (data) => {
@@ -115,12 +140,15 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
         else observer.message('out', 'request', data.slice(0, data.indexOf(' ')));
       });
     }
-    this.#log.info({ transport: t.kind, ...t.local }, 'SIP transport listening');
+    if (t instanceof StreamTransport && !t.listening) this.#log.debug({ transport: t.kind }, 'SIP transport for outgoing connections');
+    else this.#log.info({ transport: t.kind, ...t.local }, 'SIP transport listening');
   }
 
-  /** The bound address of a transport (tests listen on port 0). */
+  /** The bound address of a listening transport (tests listen on port 0). */
   address(kind: TransportKind): Address | undefined {
-    return this.#transports.get(kind)?.local;
+    const t = this.#transports.get(kind);
+    if (!t || (t instanceof StreamTransport && !t.listening)) return undefined;
+    return t.local;
   }
 
   get wsConnections(): number {
@@ -307,10 +335,14 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
 
   #makeContext(): StackContext {
     const announce = (flow: Flow) => this.#opts.announceAddress ?? flow.local.address;
+    // Via sent-by and Contact name the listening port, not a connection's ephemeral one (RFC 3261 §18.1.1, §18.2.2).
     const hostPort = (flow: Flow) => {
       const host = announce(flow);
-      return `${host.includes(':') ? `[${host}]` : host}:${flow.local.port}`;
+      return `${host.includes(':') ? `[${host}]` : host}:${this.address(flow.transport)?.port ?? flow.local.port}`;
     };
+    // RFC 7118: WebSocket flows over TLS are WSS.
+    const wss = this.#opts.httpServer instanceof tls.Server;
+    const transportParam = (flow: Flow) => (flow.transport === 'ws' && wss ? 'wss' : flow.transport);
     return {
       timers: this.timers,
       log: this.#log,
@@ -339,11 +371,11 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
         return t.flowTo(dest);
       },
       via: (flow, branch) => {
-        const proto = flow.transport === 'ws' ? 'WS' : flow.transport.toUpperCase();
+        const proto = transportParam(flow).toUpperCase();
         const sentBy = flow.transport === 'ws' ? `${randomToken(4)}.invalid` : hostPort(flow);
         return `SIP/2.0/${proto} ${sentBy};branch=${branch};rport`;
       },
-      contact: (flow, user = 'gw') => `<sip:${user}@${hostPort(flow)};transport=${flow.transport}>`,
+      contact: (flow, user = 'gw') => `<sip:${user}@${hostPort(flow)};transport=${transportParam(flow)}>`,
       registerDialog: (d, owner) => void this.#dialogs.set(d.id, owner),
       unregisterDialog: (d) => void this.#dialogs.delete(d.id),
       bindFlow: (flow, leg) => {

@@ -1,4 +1,6 @@
+import { readFile } from 'node:fs/promises';
 import http from 'node:http';
+import https from 'node:https';
 import { isIP } from 'node:net';
 import type { Logger } from 'pino';
 import type { AccessOptions } from '../sip/access-control.js';
@@ -10,6 +12,7 @@ import { AdminApi } from './admin-api.js';
 import { CallController } from './call-controller.js';
 import type { GatewayConfig } from './config.js';
 import { createLogger } from './logger.js';
+import { GatewayError } from './util/errors.js';
 import { GatewayMetrics } from './metrics.js';
 import { trunkTarget } from './router.js';
 import { TestExtensions } from './test-extensions.js';
@@ -74,6 +77,22 @@ function accessOptions(config: GatewayConfig, sources: Map<string, string[]>): A
   };
 }
 
+interface PemFiles {
+  cert: string;
+  key: string;
+  ca?: string | undefined;
+}
+
+/** Reads a `{cert, key, ca?}` config block; a missing or unreadable file names its config key. */
+async function readPem(files: PemFiles, where: string): Promise<{ cert: Buffer; key: Buffer; ca?: Buffer }> {
+  const read = (path: string, what: string) =>
+    readFile(path).catch((err: unknown) => {
+      throw new GatewayError('GW_CONFIG_INVALID', `${where}.${what}: cannot read ${path}: ${(err as Error).message}`, { cause: err });
+    });
+  const [cert, key, ca] = await Promise.all([read(files.cert, 'cert'), read(files.key, 'key'), files.ca ? read(files.ca, 'ca') : undefined]);
+  return { cert, key, ...(ca ? { ca } : {}) };
+}
+
 /** The root of the ownership tree: listeners, SIP stack, port allocators, call controller. */
 export class Gateway {
   readonly log: Logger;
@@ -106,12 +125,25 @@ export class Gateway {
     const bind = config.media.bindAddress ?? config.http.host;
     const rtpPorts = new PortAllocator({ host: bind, range: config.media.rtpPorts });
     const webrtcPorts = new PortAllocator({ host: bind, range: config.media.webrtcPorts });
-    const server = http.createServer((req, res) => {
+    const onRequest: http.RequestListener = (req, res) => {
       serveWeb(req, res, config).catch((err: unknown) => {
         log.error({ err }, 'web request failed');
         if (!res.headersSent) res.writeHead(500).end();
       });
-    });
+    };
+    const sipTls = config.sip.tls ? await readPem(config.sip.tls, 'sip.tls') : undefined;
+    // With http.tls the page is served over HTTPS and browsers speak SIP over WSS on the same port (RFC 7118).
+    let server: http.Server;
+    if (config.http.tls) {
+      const { cert, key } = await readPem(config.http.tls, 'http.tls');
+      try {
+        server = https.createServer({ cert, key }, onRequest);
+      } catch (err) {
+        throw new GatewayError('GW_CONFIG_INVALID', `http.tls: unusable certificate or key: ${(err as Error).message}`, { cause: err });
+      }
+    } else {
+      server = http.createServer(onRequest);
+    }
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(config.http.port, config.http.host, () => {
@@ -142,6 +174,8 @@ export class Gateway {
         httpServer: server,
         announceAddress: config.media.announceAddress,
         timers: config.sip.timers,
+        ...(sipTls ? { tls: sipTls } : {}),
+        keepAliveMs: config.sip.keepAliveMs,
         ...(config.sip.userAgent ? { userAgent: config.sip.userAgent } : {}),
         observer: metrics.sipObserver,
         resolver,

@@ -1,68 +1,150 @@
 import net from 'node:net';
-import { EventEmitter } from 'node:events';
-import type { Address, Flow, SipTransport, TransportEvents } from './flow.js';
+import tls from 'node:tls';
+import { EventEmitter, once } from 'node:events';
+import type { Address, Flow, FlowDestination, SipTransport, TransportEvents } from './flow.js';
 import { StreamFramer } from './stream-framer.js';
+import { TransportError, createTlsServer, identityName, tlsConnectOptions, trustedRoots, type TlsMaterial } from './tls.js';
 
-const CONNECT_TIMEOUT_MS = 5000;
+export interface StreamTransportOptions {
+  kind: 'tcp' | 'tls';
+  /** Where to listen; absent: outgoing connections only. */
+  listen?: { host: string; port: number };
+  /** TLS: our certificate and key (required to listen) and extra trusted roots. */
+  tls?: TlsMaterial;
+  /** RFC 5626 CRLF keep-alive on connections we open: a ping every this many ms (0 or absent: off). */
+  keepAliveMs?: number;
+  /** Bound on TCP connect plus TLS handshake, both ways (default 5000). */
+  connectTimeoutMs?: number;
+}
 
-/** SIP over TCP: a listening server plus outgoing connections, reused per remote address. */
-export class TcpTransport extends EventEmitter<TransportEvents> implements SipTransport {
-  readonly kind = 'tcp' as const;
-  #server: net.Server;
+/** RFC 5626 §4.4.1: a pong is due within 10 s of a ping. */
+const PONG_TIMEOUT_MS = 10_000;
+const DEFAULT_CONNECT_TIMEOUT_MS = 5000;
+/** Kernel keep-alive on every connection: reclaims ones whose peer vanished without a FIN. */
+const TCP_KEEPALIVE_MS = 60_000;
+
+interface Connection {
+  readonly flow: Flow;
+  readonly socket: net.Socket;
+  /** TLS connections we opened with verification on: the name the certificate was verified against. */
+  readonly verifiedName: string | undefined;
+  keepAlive?: NodeJS.Timeout;
+  pongTimer?: NodeJS.Timeout;
+  /** The peer answered a ping once, so a missing pong later means it is gone. */
+  answersPings: boolean;
+}
+
+/**
+ * SIP over TCP or TLS (RFC 3261 §18, Content-Length framing): an optional listener plus outgoing
+ * connections, reused per remote address and port. A TLS connection is reused for a verified
+ * destination only if it was opened with that destination's name verified.
+ */
+export class StreamTransport extends EventEmitter<TransportEvents> implements SipTransport {
+  readonly kind: 'tcp' | 'tls';
+  #server: net.Server | undefined;
   #local: Address = { address: '', port: 0 };
-  #byRemote = new Map<string, { flow: Flow; socket: net.Socket }>();
-  #sockets = new Set<net.Socket>();
+  #opts: StreamTransportOptions;
+  #roots: string[] | undefined;
+  #byRemote = new Map<string, Set<Connection>>();
+  #connections = new Set<Connection>();
   #byId = new Map<string, Flow>();
+  #pending = new Map<string, Promise<Flow>>();
+  #connecting = new Set<net.Socket>();
   #nextId = 1;
   #closed = false;
 
-  private constructor(server: net.Server) {
+  private constructor(opts: StreamTransportOptions) {
     super();
-    this.#server = server;
-    server.on('connection', (socket) => this.#adopt(socket));
-    server.on('error', (err) => this.emit('error', err));
+    this.kind = opts.kind;
+    this.#opts = opts;
+    this.#roots = opts.kind === 'tls' ? trustedRoots(opts.tls) : undefined;
   }
 
-  static async listen(host: string, port: number): Promise<TcpTransport> {
-    const server = net.createServer();
+  /** A transport listening on `opts.listen`, or only opening connections without it. */
+  static async create(opts: StreamTransportOptions): Promise<StreamTransport> {
+    if (opts.kind !== 'tcp' && opts.kind !== 'tls') throw new TypeError(`not a stream transport: ${String(opts.kind)}`);
+    const keepAlive = opts.keepAliveMs ?? 0;
+    if (!Number.isInteger(keepAlive) || keepAlive < 0) throw new TypeError(`keepAliveMs must be an integer >= 0, got ${keepAlive}`);
+    const t = new StreamTransport(opts);
+    if (!opts.listen) return t;
+    const timeout = opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    const server = opts.kind === 'tls' ? createTlsServer(opts.tls ?? {}, timeout) : net.createServer();
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(port, host, () => {
+      server.listen(opts.listen!.port, opts.listen!.host, () => {
         server.off('error', reject);
         resolve();
       });
     });
-    const t = new TcpTransport(server);
+    if (opts.kind === 'tls') {
+      server.on('secureConnection', (socket: tls.TLSSocket) => t.#adopt(socket, undefined));
+      // A client that fails the handshake (scanner, wrong protocol, timeout) only loses its own connection.
+      server.on('tlsClientError', (err: Error, socket: tls.TLSSocket) => {
+        socket.destroy();
+        t.emit('error', new TransportError('GW_SIP_TLS_HANDSHAKE', `TLS handshake from ${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'} failed: ${err.message}`, { cause: err }));
+      });
+    } else {
+      server.on('connection', (socket: net.Socket) => t.#adopt(socket, undefined));
+    }
+    server.on('error', (err) => t.emit('error', err));
+    t.#server = server;
     const a = server.address() as net.AddressInfo;
     t.#local = { address: a.address, port: a.port };
     return t;
   }
 
+  /** The listening address; port 0 when this transport only opens connections. */
   get local(): Address {
     return this.#local;
   }
 
-  #adopt(socket: net.Socket): Flow {
+  get listening(): boolean {
+    return this.#server !== undefined;
+  }
+
+  /** Open connections, both ways. */
+  get connections(): number {
+    return this.#connections.size;
+  }
+
+  #adopt(socket: net.Socket, verifiedName: string | undefined, outbound = false): Flow | undefined {
+    if (this.#closed) {
+      // Accepted while closing (a handshake in flight when close() began).
+      socket.destroy();
+      return undefined;
+    }
     const remote = { address: socket.remoteAddress ?? '', port: socket.remotePort ?? 0 };
     const key = `${remote.address}:${remote.port}`;
+    const label = this.kind.toUpperCase();
     const flow: Flow = {
-      id: `tcp:${this.#nextId++}:${key}`,
-      transport: 'tcp',
+      id: `${this.kind}:${this.#nextId++}:${key}`,
+      transport: this.kind,
       reliable: true,
       local: { address: socket.localAddress ?? '', port: socket.localPort ?? 0 },
       remote,
       send: (data: string) => {
-        if (socket.destroyed || !socket.writable) throw new Error(`TCP flow ${key} closed`);
+        if (socket.destroyed || !socket.writable) throw new Error(`${label} flow ${key} closed`);
         socket.write(data);
         this.emit('sent', data, flow);
       },
     };
-    this.#sockets.add(socket);
-    this.#byRemote.set(key, { flow, socket });
+    const conn: Connection = { flow, socket, verifiedName, answersPings: false };
+    this.#connections.add(conn);
+    let set = this.#byRemote.get(key);
+    if (!set) this.#byRemote.set(key, (set = new Set()));
+    set.add(conn);
     this.#byId.set(flow.id, flow);
+
     const framer = new StreamFramer();
     socket.setNoDelay(true);
+    socket.setKeepAlive(true, TCP_KEEPALIVE_MS);
     socket.on('data', (chunk: Buffer) => {
+      if (conn.pongTimer) {
+        // Any bytes prove the peer alive; a chunk that is a lone CRLF is its RFC 5626 pong.
+        clearTimeout(conn.pongTimer);
+        conn.pongTimer = undefined;
+        if (chunk.length >= 2 && chunk[0] === 0x0d && chunk[1] === 0x0a && !(chunk[2] === 0x0d && chunk[3] === 0x0a)) conn.answersPings = true;
+      }
       let messages: string[];
       try {
         messages = framer.push(chunk, () => socket.write('\r\n'));
@@ -75,47 +157,113 @@ export class TcpTransport extends EventEmitter<TransportEvents> implements SipTr
     });
     socket.on('error', () => socket.destroy());
     socket.on('close', () => {
-      this.#sockets.delete(socket);
+      clearInterval(conn.keepAlive);
+      clearTimeout(conn.pongTimer);
+      this.#connections.delete(conn);
       this.#byId.delete(flow.id);
-      if (this.#byRemote.get(key)?.socket === socket) this.#byRemote.delete(key);
+      const s = this.#byRemote.get(key);
+      s?.delete(conn);
+      if (s?.size === 0) this.#byRemote.delete(key);
       this.emit('flowClosed', flow);
     });
+    const keepAliveMs = this.#opts.keepAliveMs ?? 0;
+    if (outbound && keepAliveMs > 0) this.#startKeepAlive(conn, keepAliveMs);
     return flow;
+  }
+
+  /**
+   * RFC 5626 §4.4.1 CRLF keep-alive. Peers that only follow RFC 3261 ignore the CRLFs (§7.5) and
+   * never answer, so a missing pong ends the connection only once the peer has answered one.
+   */
+  #startKeepAlive(conn: Connection, everyMs: number): void {
+    conn.keepAlive = setInterval(() => {
+      if (conn.socket.destroyed || !conn.socket.writable) return;
+      conn.socket.write('\r\n\r\n');
+      // The watch also teaches us whether the peer answers (see the 'data' handler).
+      conn.pongTimer ??= setTimeout(() => {
+        conn.pongTimer = undefined;
+        if (conn.answersPings) conn.socket.destroy(new Error('no pong to CRLF keep-alive'));
+      }, Math.min(PONG_TIMEOUT_MS, everyMs));
+    }, everyMs);
   }
 
   flowById(id: string): Flow | undefined {
     return this.#byId.get(id);
   }
 
-  async flowTo(dest: Address): Promise<Flow> {
-    if (this.#closed) throw new Error('TCP transport closed');
-    const existing = this.#byRemote.get(`${dest.address}:${dest.port}`);
-    if (existing && !existing.socket.destroyed) return existing.flow;
-    const socket = net.connect({ host: dest.address, port: dest.port });
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        socket.destroy();
-        reject(new Error(`TCP connect to ${dest.address}:${dest.port} timed out`));
-      }, CONNECT_TIMEOUT_MS);
-      socket.once('connect', () => {
-        clearTimeout(timer);
-        socket.off('error', onError);
-        resolve();
+  async flowTo(dest: FlowDestination): Promise<Flow> {
+    if (this.#closed) throw new Error(`${this.kind.toUpperCase()} transport closed`);
+    const key = `${dest.address}:${dest.port}`;
+    const verify = this.kind === 'tls' && (dest.verify ?? true);
+    const name = this.kind === 'tls' ? identityName(dest) : undefined;
+    for (const c of this.#byRemote.get(key) ?? []) {
+      if (c.socket.destroyed || !c.socket.writable) continue;
+      if (!verify || c.verifiedName === name) return c.flow;
+    }
+    // Concurrent requests to one place share one connection attempt.
+    const pendingKey = verify ? `${key}|${name}` : key;
+    let p = this.#pending.get(pendingKey);
+    if (!p) {
+      p = this.#connect(dest, verify ? name : undefined).finally(() => this.#pending.delete(pendingKey));
+      this.#pending.set(pendingKey, p);
+    }
+    return p;
+  }
+
+  async #connect(dest: FlowDestination, verifiedName: string | undefined): Promise<Flow> {
+    const where = `${dest.address}:${dest.port}`;
+    const isTls = this.kind === 'tls';
+    const socket = isTls ? tls.connect(tlsConnectOptions(dest, this.#opts.tls, this.#roots)) : net.connect({ host: dest.address, port: dest.port });
+    this.#connecting.add(socket);
+    const timeoutMs = this.#opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        let connected = false;
+        const timer = setTimeout(() => {
+          socket.destroy();
+          reject(new TransportError('GW_SIP_CONNECT_FAILED', `${this.kind.toUpperCase()} connect to ${where} timed out after ${timeoutMs} ms`));
+        }, timeoutMs);
+        const onError = (err: Error) => {
+          clearTimeout(timer);
+          socket.destroy();
+          if (isTls && connected) {
+            const name = dest.servername ?? dest.address;
+            reject(new TransportError('GW_SIP_TLS_HANDSHAKE', `TLS handshake with ${where} (${name}) failed: ${err.message}`, { cause: err }));
+          } else {
+            reject(new TransportError('GW_SIP_CONNECT_FAILED', `${this.kind.toUpperCase()} connect to ${where} failed: ${err.message}`, { cause: err }));
+          }
+        };
+        // close() destroys connections in progress without an error.
+        const onClose = () => {
+          clearTimeout(timer);
+          reject(new TransportError('GW_SIP_CONNECT_FAILED', `${this.kind.toUpperCase()} connect to ${where} aborted: transport closed`));
+        };
+        socket.once('connect', () => (connected = true));
+        socket.once(isTls ? 'secureConnect' : 'connect', () => {
+          clearTimeout(timer);
+          socket.off('error', onError);
+          socket.off('close', onClose);
+          resolve();
+        });
+        socket.once('error', onError);
+        socket.once('close', onClose);
       });
-      const onError = (err: Error) => {
-        clearTimeout(timer);
-        socket.destroy();
-        reject(err);
-      };
-      socket.once('error', onError);
-    });
-    return this.#adopt(socket);
+    } finally {
+      this.#connecting.delete(socket);
+    }
+    const flow = this.#adopt(socket, verifiedName, true);
+    if (!flow) throw new Error(`${this.kind.toUpperCase()} transport closed`);
+    return flow;
   }
 
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    for (const s of this.#sockets) s.destroy();
-    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    for (const s of this.#connecting) s.destroy();
+    // Resolve once every connection has gone (its flowClosed emitted), not just been asked to.
+    const gone = [...this.#connections].map((c) => (c.socket.closed ? undefined : once(c.socket, 'close').then(() => undefined, () => undefined)));
+    for (const c of this.#connections) c.socket.destroy();
+    const server = this.#server;
+    await Promise.all([...gone, server ? new Promise<void>((resolve) => server.close(() => resolve())) : undefined]);
   }
 }

@@ -5,7 +5,15 @@ import { sippAvailable } from './sipp.js';
 
 export interface HarnessOptions {
   trunkPort: number;
-  trunkTransport?: 'udp' | 'tcp';
+  trunkTransport?: 'udp' | 'tcp' | 'tls';
+  /** Trunk host (default 127.0.0.1); a name is resolved, and is what a TLS certificate is checked against. */
+  trunkHost?: string;
+  /** sip.tls (PEM file paths): adds a TLS listener on port 0; `ca` is trusted for TLS trunks. */
+  sipTls?: { cert: string; key: string; ca?: string };
+  /** http.tls (PEM file paths): the web page and SIP over WebSocket become HTTPS and WSS. */
+  httpTls?: { cert: string; key: string };
+  /** sip.keepAliveMs (RFC 5626 CRLF pings on connections the gateway opens). */
+  keepAliveMs?: number;
   /** SIP T1 in ms (Timer B = 64*T1). */
   t1?: number;
   rtpPorts?: [number, number];
@@ -36,10 +44,13 @@ export async function startGateway(opts: HarnessOptions): Promise<Gateway> {
       listen: [
         { transport: 'udp', host: '127.0.0.1', port: 0 },
         { transport: 'tcp', host: '127.0.0.1', port: 0 },
+        ...(opts.sipTls ? [{ transport: 'tls', host: '127.0.0.1', port: 0 }] : []),
       ],
       timers: { t1: opts.t1 ?? 100, t2: 4000, t4: 500 },
+      ...(opts.sipTls ? { tls: opts.sipTls } : {}),
+      ...(opts.keepAliveMs !== undefined ? { keepAliveMs: opts.keepAliveMs } : {}),
     },
-    http: { host: '127.0.0.1', port: 0 },
+    http: { host: '127.0.0.1', port: 0, ...(opts.httpTls ? { tls: opts.httpTls } : {}) },
     admin: { host: '127.0.0.1', port: 0, ...(opts.adminToken ? { token: opts.adminToken } : {}) },
     media: {
       ...(opts.rtpPorts ? { rtpPorts: opts.rtpPorts } : {}),
@@ -49,7 +60,7 @@ export async function startGateway(opts: HarnessOptions): Promise<Gateway> {
       ...(opts.symmetricRtp !== undefined ? { symmetricRtp: opts.symmetricRtp } : {}),
     },
     // No OPTIONS pings unless a test asks: SIPp UAS scenarios fail on a message they do not expect.
-    trunks: [{ name: 'sipp', host: '127.0.0.1', port: opts.trunkPort, transport: opts.trunkTransport ?? 'udp', optionsPingMs: 0, ...(opts.dids ? { dids: opts.dids } : {}), ...opts.trunk }],
+    trunks: [{ name: 'sipp', host: opts.trunkHost ?? '127.0.0.1', port: opts.trunkPort, transport: opts.trunkTransport ?? 'udp', optionsPingMs: 0, ...(opts.dids ? { dids: opts.dids } : {}), ...opts.trunk }],
     users: TEST_USERS.map((username) => ({ username, password: TEST_PASSWORD })),
     ...(opts.ringTimeoutMs ? { calls: { ringTimeoutMs: opts.ringTimeoutMs } } : {}),
   };
@@ -58,8 +69,9 @@ export async function startGateway(opts: HarnessOptions): Promise<Gateway> {
   return Gateway.start(config, log, opts.registrationRetryBaseMs !== undefined ? { registrationRetryBaseMs: opts.registrationRetryBaseMs } : {});
 }
 
+/** The gateway's SIP WebSocket: wss:// when it serves HTTPS (http.tls). */
 export function wsUrl(gw: Gateway): string {
-  return `ws://127.0.0.1:${gw.httpAddress.port}/ws`;
+  return `${gw.config.http.tls ? 'wss' : 'ws'}://127.0.0.1:${gw.httpAddress.port}/ws`;
 }
 
 /** Waits until `check` holds, polling; rejects with `what` after `timeoutMs`. */

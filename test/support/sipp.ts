@@ -15,6 +15,7 @@ import { tmpdir } from 'node:os';
 import { delimiter, dirname, isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { InvalidStateError } from '../../src/util/errors.js';
+import { tcpToTls, tlsToTcp, type TlsTunnel } from './tls-tunnel.js';
 
 export type SippScenarioName =
   | 'uas-answer'
@@ -30,7 +31,16 @@ export type SippScenarioName =
 export interface SippOptions {
   /** A scenario in test/sipp/ by name, or a path to a scenario file. */
   scenario: SippScenarioName | (string & {});
-  transport?: 'udp' | 'tcp';
+  /**
+   * 'tls': Debian's SIPp has no TLS (built without OpenSSL), so SIPp runs over TCP behind a TLS
+   * tunnel (tls-tunnel.ts): `port` is then the tunnel's (UAS), or `remote` is reached through one (UAC).
+   */
+  transport?: 'udp' | 'tcp' | 'tls';
+  /**
+   * transport 'tls', PEM file paths: `cert`/`key` that a UAS presents (required for UAS scenarios);
+   * `ca`/`servername` a UAC verifies the remote against.
+   */
+  tls?: { cert?: string; key?: string; ca?: string; servername?: string };
   /** -rtp_echo: echo RTP arriving on mediaPort (and mediaPort + 2). */
   rtpEcho?: boolean;
   /** -lost: percentage (0-100) of SIP messages SIPp drops, both ways. UDP only. */
@@ -118,7 +128,9 @@ export interface SippPeer {
   readonly port: number;
   /** RTP port on 127.0.0.1 (SIPp also binds mediaPort + 2). */
   readonly mediaPort: number;
-  readonly transport: 'udp' | 'tcp';
+  readonly transport: 'udp' | 'tcp' | 'tls';
+  /** transport 'tls': the tunnel in front of SIPp (SNI seen, failed handshakes). */
+  readonly tls?: TlsTunnel;
   readonly args: readonly string[];
   readonly logDir: string;
   /** Settles when SIPp exits, never rejects. */
@@ -229,13 +241,17 @@ function scenarioName(scenario: string): string {
 }
 
 function validate(o: SippOptions): void {
-  if (o.transport !== undefined && o.transport !== 'udp' && o.transport !== 'tcp') {
-    throw new TypeError(`transport must be 'udp' or 'tcp', got ${String(o.transport)}`);
+  if (o.transport !== undefined && o.transport !== 'udp' && o.transport !== 'tcp' && o.transport !== 'tls') {
+    throw new TypeError(`transport must be 'udp', 'tcp' or 'tls', got ${String(o.transport)}`);
+  }
+  if (o.tls !== undefined && o.transport !== 'tls') throw new TypeError("the tls option needs transport 'tls'");
+  if (o.transport === 'tls' && !scenarioName(o.scenario).startsWith('uac') && (!o.tls?.cert || !o.tls.key)) {
+    throw new TypeError('a UAS over TLS needs tls.cert and tls.key');
   }
   if (o.lost !== undefined) {
     if (!Number.isInteger(o.lost) || o.lost < 0 || o.lost > 100) throw new TypeError('lost must be an integer 0-100');
     // SIPp would drop messages a reliable transport never retransmits.
-    if (o.lost > 0 && o.transport === 'tcp') throw new TypeError('lost needs UDP');
+    if (o.lost > 0 && o.transport !== undefined && o.transport !== 'udp') throw new TypeError('lost needs UDP');
   }
   if (o.calls !== undefined && (!Number.isInteger(o.calls) || o.calls < 1)) throw new TypeError('calls must be an integer >= 1');
   if (o.timeoutMs !== undefined && (!Number.isFinite(o.timeoutMs) || o.timeoutMs <= 0)) {
@@ -585,6 +601,8 @@ export async function startSipp(options: SippOptions): Promise<SippPeer> {
   const bin = findSipp();
   if (bin === null) throw new Error('sipp not found (install sip-tester, or set $SIPP)');
   const transport = options.transport ?? 'udp';
+  // SIPp itself speaks TCP where the peer sees TLS (see SippOptions.transport).
+  const sippTransport = transport === 'udp' ? 'udp' : 'tcp';
   const name = scenarioName(options.scenario);
   const uac = name.startsWith('uac');
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
@@ -594,12 +612,21 @@ export async function startSipp(options: SippOptions): Promise<SippPeer> {
   const logDir = await mkdtemp(join(tmpdir(), `sipp-${name}-`));
   if (!keepLogs) logDirsToRemove.add(logDir);
 
+  let tunnel: TlsTunnel | undefined;
+  let sippOptions: SippOptions = { ...options, transport: sippTransport };
+  if (transport === 'tls' && uac) {
+    const [host, port] = options.remote!.split(':') as [string, string];
+    const ca = options.tls?.ca ? await readFile(options.tls.ca) : undefined;
+    tunnel = await tcpToTls({ host, port: Number(port), ...(ca ? { ca } : {}), ...(options.tls?.servername ? { servername: options.tls.servername } : {}) });
+    sippOptions = { ...sippOptions, remote: `127.0.0.1:${tunnel.port}` };
+  }
+
   let attempt: Attempt | undefined;
   for (let tries = 0; tries < 2; tries++) {
-    const ports = await pickPorts(transport);
-    const args = buildArgs(options, ports, logDir, name);
+    const ports = await pickPorts(sippTransport);
+    const args = buildArgs(sippOptions, ports, logDir, name);
     const a = launch(bin, args, logDir, ports);
-    if (await waitReady(a, transport, uac)) {
+    if (await waitReady(a, sippTransport, uac)) {
       attempt = a;
       break;
     }
@@ -607,6 +634,7 @@ export async function startSipp(options: SippOptions): Promise<SippPeer> {
     const { code } = await a.exited;
     if (code === EXIT_BIND_FAILED && tries === 0) continue; // lost a port race: new ports
     const errors = await readTail(join(logDir, 'errors.log'));
+    await tunnel?.close();
     if (!keepLogs) {
       rmSync(logDir, { recursive: true, force: true });
       logDirsToRemove.delete(logDir);
@@ -615,8 +643,20 @@ export async function startSipp(options: SippOptions): Promise<SippPeer> {
       `sipp did not start (exit ${String(code)}): ${a.stderr().trim() || errors.trim() || '(no output)'}\n  sipp ${args.join(' ')}`,
     );
   }
-  if (!attempt) throw new Error('sipp did not start');
+  if (!attempt) {
+    await tunnel?.close();
+    throw new Error('sipp did not start');
+  }
   const a = attempt;
+  if (transport === 'tls' && !uac) {
+    try {
+      const [cert, key] = await Promise.all([readFile(options.tls!.cert!), readFile(options.tls!.key!)]);
+      tunnel = await tlsToTcp({ cert, key, targetPort: a.ports.sip });
+    } catch (err) {
+      await terminate(a);
+      throw err;
+    }
+  }
 
   let killed = false;
   // A safety net over SIPp's own -timeout (whole seconds; without
@@ -628,6 +668,7 @@ export async function startSipp(options: SippOptions): Promise<SippPeer> {
 
   const done: Promise<SippResult> = a.exited.then(async ({ code, signal }) => {
     clearTimeout(guard);
+    await tunnel?.close();
     const [csv, errors] = await Promise.all([
       readFile(join(logDir, 'stats.csv'), 'utf8').catch(() => ''),
       readTail(join(logDir, 'errors.log')),
@@ -639,9 +680,10 @@ export async function startSipp(options: SippOptions): Promise<SippPeer> {
   let removed = false;
   const peer: SippPeer = {
     pid: a.child.pid!,
-    port: a.ports.sip,
+    port: tunnel && !uac ? tunnel.port : a.ports.sip,
     mediaPort: a.ports.media,
     transport,
+    ...(tunnel ? { tls: tunnel } : {}),
     args: a.args,
     logDir,
     done,

@@ -16,7 +16,8 @@
  *   await incoming.waitForRtp(10, 5000);
  *   await phone.close(); // hangs up, unregisters, closes every PeerConnection
  */
-import { WebSocket } from 'ws';
+import { WebSocket, type ClientOptions } from 'ws';
+import tls from 'node:tls';
 import {
   type Invitation,
   Inviter,
@@ -72,6 +73,8 @@ export interface SoftphoneOptions {
   readonly keepPeerConnectionOnClose?: boolean;
   /** Bound on the WebSocket connection. Default 5000 ms. */
   readonly connectTimeoutMs?: number;
+  /** wss:// only: a CA (PEM) to trust besides Node's bundled roots, as a browser trusting a private CA would. */
+  readonly tlsCa?: string | Buffer;
   /** Bound on each teardown step in close() and hangup(). Default 5000 ms. */
   readonly teardownTimeoutMs?: number;
   /** Receives every SIP.js log line (with traceSip, every SIP message). Warnings and errors also go to `sipErrors`. */
@@ -220,10 +223,23 @@ function deferred<T>(markHandled: boolean): Deferred<T> {
   return d;
 }
 
+/**
+ * Per-URL `ws` client options (trusted CA for wss://). SIP.js calls `new WebSocket(url, 'sip')`
+ * with no options, so the global below looks them up by URL.
+ */
+const wsClientOptions = new Map<string, ClientOptions>();
+
+/** `ws`'s WebSocket with the options registered for its URL. */
+class NodeWebSocket extends WebSocket {
+  constructor(address: string | URL, protocols?: string | string[]) {
+    super(address, protocols, wsClientOptions.get(String(address)));
+  }
+}
+
 /** Node 20 has no global WebSocket, which SIP.js's transport needs (NOTES). */
 function ensureWebSocketGlobal(): void {
-  if (typeof globalThis.WebSocket === 'undefined') {
-    globalThis.WebSocket = WebSocket as unknown as typeof globalThis.WebSocket;
+  if (typeof globalThis.WebSocket === 'undefined' || (globalThis.WebSocket as unknown) === WebSocket) {
+    globalThis.WebSocket = NodeWebSocket as unknown as typeof globalThis.WebSocket;
   }
 }
 
@@ -268,6 +284,10 @@ export class Softphone {
 
   private constructor(options: SoftphoneOptions) {
     if (!/^wss?:\/\//.test(options.server)) throw new TypeError(`server must be a ws:// or wss:// URL: ${options.server}`);
+    if (options.tlsCa !== undefined) {
+      if (!options.server.startsWith('wss://')) throw new TypeError('tlsCa needs a wss:// server');
+      wsClientOptions.set(options.server, { ca: [...tls.rootCertificates, options.tlsCa.toString()] });
+    }
     const uri = UserAgent.makeURI(`sip:${options.user}@${options.domain}`);
     if (!uri) throw new TypeError(`bad user/domain: ${options.user}@${options.domain}`);
     const instanceId = options.instanceId?.replace(/^urn:uuid:/i, '');
