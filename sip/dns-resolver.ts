@@ -1,4 +1,4 @@
-import { Resolver } from 'node:dns/promises';
+import { lookup, Resolver } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import { GatewayError } from '../src/util/errors.js';
 import type { Destination, PeerTransport, SipTarget } from './backend.js';
@@ -95,6 +95,7 @@ export class SipResolver {
     if (opts.random !== undefined && typeof opts.random !== 'function') throw new TypeError('random must be a function');
     this.#random = opts.random ?? Math.random;
     this.#dns = new Resolver({ timeout, tries });
+    this.#systemDns = opts.servers === undefined;
     if (opts.servers !== undefined) {
       if (!Array.isArray(opts.servers) || opts.servers.length === 0) throw new TypeError('servers must be a non-empty array');
       try {
@@ -105,9 +106,16 @@ export class SipResolver {
     }
   }
 
+  readonly #systemDns: boolean;
+
   async resolve(target: SipTarget): Promise<Destination[]> {
     const { host, port, transport } = checkTarget(target);
     if (isIP(host)) return [{ transport: transport ?? 'udp', address: host, port: port ?? defaultPort(transport ?? 'udp'), hostname: host }];
+    // RFC 6761 §6.3: localhost names are loopback, without asking DNS (which does not know them).
+    if (/^(.+\.)?localhost\.?$/i.test(host)) {
+      const t = transport ?? 'udp';
+      return ['127.0.0.1', '::1'].map((address) => ({ transport: t, address, port: port ?? defaultPort(t), hostname: host }));
+    }
 
     const at: Attempt = { failures: [], deadline: Date.now() + this.#budgetMs, outOfTime: false };
     const dests = await this.#resolveDomain(host, port, transport, at);
@@ -154,7 +162,25 @@ export class SipResolver {
   /** A then AAAA of `name`; `hostname` is the domain of the original target (RFC 5922 for TLS). */
   async #addresses(name: string, transport: PeerTransport, port: number, hostname: string, at: Attempt): Promise<Destination[]> {
     const [v4, v6] = await Promise.all([this.#query<string>('A', name, at), this.#query<string>('AAAA', name, at)]);
-    return [...v4, ...v6].map((address) => ({ transport, address, port, hostname }));
+    let addresses = [...v4, ...v6];
+    // On the system's DNS, also what the OS resolver knows (/etc/hosts), as PBXs and proxies do.
+    // Never with configured servers: tests must not send queries beyond them.
+    if (addresses.length === 0 && this.#systemDns && at.deadline > Date.now()) addresses = await this.#hostsLookup(name, at.deadline - Date.now());
+    return addresses.map((address) => ({ transport, address, port, hostname }));
+  }
+
+  async #hostsLookup(name: string, ms: number): Promise<string[]> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<[]>((resolve) => (timer = setTimeout(() => resolve([]), ms)));
+    try {
+      const found = lookup(name, { all: true }).then(
+        (r) => r.map((a) => a.address),
+        () => [],
+      );
+      return await Promise.race([found, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** One lookup, cached; "no records" is an empty list, other failures are noted and give one too. */

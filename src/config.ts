@@ -33,8 +33,14 @@ export const configSchema = z.strictObject({
     userAgent: z.string().max(200).optional(),
     /** Digest realm and the domain of our users; defaults to media.announceAddress. */
     realm: z.string().min(1).max(200).optional(),
-    /** Certificate and key of the TLS listener; `ca` is trusted when verifying TLS peers (trunks). */
-    tls: tlsFiles.optional(),
+    /**
+     * Certificate and key of the TLS listener (also presented to trunks asking for a client
+     * certificate); `ca` is trusted, on top of the system's roots, when verifying trunks.
+     */
+    tls: z
+      .strictObject({ cert: filePath.optional(), key: filePath.optional(), ca: filePath.optional() })
+      .refine((t) => (t.cert === undefined) === (t.key === undefined), 'cert and key go together')
+      .optional(),
     /** DNS servers for RFC 3263 lookups ("ip" or "ip:port"); default: the system's. */
     dns: z
       .strictObject({ servers: z.array(z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[0-9.]+|[0-9a-fA-F:]+)(:\d{1,5})?$/, 'must be an IP address with an optional :port')).min(1).optional() })
@@ -193,7 +199,7 @@ function crossCheck(c: GatewayConfig): string[] {
     }
   });
   c.sip.listen.forEach((l, i) => {
-    if (l.transport === 'tls' && !c.sip.tls) errors.push(`  sip.listen.${i}: a TLS listener needs sip.tls (cert and key)`);
+    if (l.transport === 'tls' && !c.sip.tls?.cert) errors.push(`  sip.listen.${i}: a TLS listener needs sip.tls (cert and key)`);
   });
   const exposed = [c.http.host, ...c.sip.listen.map((l) => l.host)].some((h) => !isLoopback(h));
   c.users.forEach((u, i) => {

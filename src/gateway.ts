@@ -78,19 +78,21 @@ function accessOptions(config: GatewayConfig, sources: Map<string, string[]>): A
 }
 
 interface PemFiles {
-  cert: string;
-  key: string;
+  cert?: string | undefined;
+  key?: string | undefined;
   ca?: string | undefined;
 }
 
-/** Reads a `{cert, key, ca?}` config block; a missing or unreadable file names its config key. */
-async function readPem(files: PemFiles, where: string): Promise<{ cert: Buffer; key: Buffer; ca?: Buffer }> {
-  const read = (path: string, what: string) =>
-    readFile(path).catch((err: unknown) => {
-      throw new GatewayError('GW_CONFIG_INVALID', `${where}.${what}: cannot read ${path}: ${(err as Error).message}`, { cause: err });
-    });
-  const [cert, key, ca] = await Promise.all([read(files.cert, 'cert'), read(files.key, 'key'), files.ca ? read(files.ca, 'ca') : undefined]);
-  return { cert, key, ...(ca ? { ca } : {}) };
+/** Reads a `{cert?, key?, ca?}` config block; a missing or unreadable file names its config key. */
+async function readPem(files: PemFiles, where: string): Promise<{ cert?: Buffer; key?: Buffer; ca?: Buffer }> {
+  const read = (path: string | undefined, what: string) =>
+    path === undefined
+      ? undefined
+      : readFile(path).catch((err: unknown) => {
+          throw new GatewayError('GW_CONFIG_INVALID', `${where}.${what}: cannot read ${path}: ${(err as Error).message}`, { cause: err });
+        });
+  const [cert, key, ca] = await Promise.all([read(files.cert, 'cert'), read(files.key, 'key'), read(files.ca, 'ca')]);
+  return { ...(cert ? { cert } : {}), ...(key ? { key } : {}), ...(ca ? { ca } : {}) };
 }
 
 /** The root of the ownership tree: listeners, SIP stack, port allocators, call controller. */

@@ -235,7 +235,8 @@ describe('web softphone in Chromium', function () {
     await p.testId('login-submit').click();
     const s = await p.waitFor((st) => st.registration === 'failed', 'a failed registration');
     assert.match(s.registrationDetail, /^403\b/);
-    assert.match(await p.testId('login-error').innerText(), /403/);
+    // The page shows the error once it has logged out again, a moment after the state turns 'failed'.
+    await p.testId('login-error').filter({ hasText: '403' }).waitFor({ timeout: 5_000 });
     assert.ok(await p.testId('login-form').isVisible());
     await waitFor(() => gw!.stats().wsConnections === 0, 'the page to close its WebSocket', 5_000);
     await assertClean(gw);

@@ -137,7 +137,7 @@ describe('SIP transports: TCP, TLS and WSS', function () {
     it(`fails the call cleanly with 503 when the trunk's certificate ${why}; the next good call works`, async () => {
       const bad = await sipp({ scenario: 'uas-answer', transport: 'tls', tls: { cert: cert().cert, key: cert().key } });
       const good = await sipp({ scenario: 'uas-answer', transport: 'tls', tls: { cert: server.cert, key: server.key }, rtpEcho: true });
-      const trunk = (name: string, port: number) => ({ name, host: '127.0.0.1', port, transport: 'tls', tlsVerify: true });
+      const trunk = (name: string, port: number) => ({ name, host: '127.0.0.1', port, transport: 'tls', tlsVerify: true, optionsPingMs: 0 });
       gw = await tlsGateway({
         trunkPort: bad.port,
         extra: { trunks: [trunk('bad', bad.port), trunk('good', good.port)], routes: [{ to: { prefix: '9' }, trunk: 'bad', strip: 1 }, { to: { prefix: '1' }, trunk: 'good' }] },
