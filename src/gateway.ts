@@ -246,7 +246,7 @@ export class Gateway {
     return this.#admin?.address ?? { address: '', port: 0 };
   }
 
-  sipAddress(transport: 'udp' | 'tcp'): { address: string; port: number } | undefined {
+  sipAddress(transport: 'udp' | 'tcp' | 'tls'): { address: string; port: number } | undefined {
     return this.#sip.address(transport);
   }
 

@@ -139,15 +139,19 @@ export class StreamTransport extends EventEmitter<TransportEvents> implements Si
     socket.setNoDelay(true);
     socket.setKeepAlive(true, TCP_KEEPALIVE_MS);
     socket.on('data', (chunk: Buffer) => {
-      if (conn.pongTimer) {
-        // Any bytes prove the peer alive; a chunk that is a lone CRLF is its RFC 5626 pong.
+      // Any bytes prove the peer alive; a lone CRLF while a ping is out is its RFC 5626 pong.
+      const awaitingPong = conn.pongTimer !== undefined;
+      if (awaitingPong) {
         clearTimeout(conn.pongTimer);
         conn.pongTimer = undefined;
-        if (chunk.length >= 2 && chunk[0] === 0x0d && chunk[1] === 0x0a && !(chunk[2] === 0x0d && chunk[3] === 0x0a)) conn.answersPings = true;
       }
       let messages: string[];
       try {
-        messages = framer.push(chunk, () => socket.write('\r\n'));
+        messages = framer.push(
+          chunk,
+          () => socket.write('\r\n'),
+          () => void (awaitingPong && (conn.answersPings = true)),
+        );
       } catch (err) {
         this.emit('error', Object.assign(err as Error, { flowId: flow.id }));
         socket.destroy();
