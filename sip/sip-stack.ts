@@ -106,7 +106,7 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
       for (const kind of ['tcp', 'tls'] as const) {
         if (!stack.#transports.has(kind)) stack.#addTransport(await StreamTransport.create(stack.#streamOptions(kind)));
       }
-      if (opts.httpServer) stack.#addTransport(new WsTransport(opts.httpServer));
+      if (opts.httpServer) stack.#addTransport(new WsTransport(opts.httpServer, opts.keepAliveMs ? { heartbeatMs: opts.keepAliveMs } : {}));
     } catch (err) {
       await stack.close();
       throw err;

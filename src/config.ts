@@ -45,7 +45,7 @@ export const configSchema = z.strictObject({
     dns: z
       .strictObject({ servers: z.array(z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[0-9.]+|[0-9a-fA-F:]+)(:\d{1,5})?$/, 'must be an IP address with an optional :port')).min(1).optional() })
       .prefault({}),
-    /** RFC 5626 CRLF keep-alive on TCP/TLS connections we open (0: off). */
+    /** RFC 5626 CRLF keep-alive on TCP/TLS connections we open, and WebSocket pings to browsers (a browser that stops answering is dropped) (0: off). */
     keepAliveMs: z.number().int().min(0).max(3_600_000).default(30_000),
   }),
   registrar: z

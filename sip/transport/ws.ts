@@ -19,9 +19,19 @@ export class WsTransport extends EventEmitter<TransportEvents> implements SipTra
   #onUpgrade: (req: http.IncomingMessage, socket: Duplex, head: Buffer) => void;
   #server: http.Server;
 
-  constructor(server: http.Server) {
+  /** WebSocket ping every this many ms; a client that has not answered the previous one is dropped. */
+  #heartbeat: NodeJS.Timeout | undefined;
+  #alive = new WeakSet<WebSocket>();
+
+  constructor(server: http.Server, opts: { heartbeatMs?: number } = {}) {
     super();
     this.#server = server;
+    if (opts.heartbeatMs) {
+      // A browser that vanished without closing (network loss, sleep) would otherwise keep its
+      // registration and calls until they expire: ping frames find it within two intervals.
+      this.#heartbeat = setInterval(() => this.#checkAlive(), opts.heartbeatMs);
+      this.#heartbeat.unref();
+    }
     const a = server.address();
     this.#local = a && typeof a === 'object' ? { address: a.address, port: a.port } : { address: '', port: 0 };
     this.#wss = new WebSocketServer({
@@ -64,9 +74,16 @@ export class WsTransport extends EventEmitter<TransportEvents> implements SipTra
         this.emit('sent', data, flow);
       },
     };
+    this.#alive.add(ws);
+    ws.on('pong', () => this.#alive.add(ws));
     ws.on('message', (data, isBinary) => {
       const text = isBinary ? Buffer.from(data as Buffer).toString('utf8') : data.toString();
-      if (text.trim() === '') return; // keep-alive
+      this.#alive.add(ws);
+      if (text.trim() === '') {
+        // RFC 5626 §4.4.1 keep-alive (SIP.js's keepAliveInterval): a double CRLF ping gets a CRLF pong.
+        if (text === '\r\n\r\n' && ws.readyState === ws.OPEN) ws.send('\r\n');
+        return;
+      }
       this.emit('message', text, flow);
     });
     this.#flows.set(flow.id, flow);
@@ -75,6 +92,17 @@ export class WsTransport extends EventEmitter<TransportEvents> implements SipTra
       this.#flows.delete(flow.id);
       this.emit('flowClosed', flow);
     });
+  }
+
+  #checkAlive(): void {
+    for (const ws of this.#wss.clients) {
+      if (!this.#alive.has(ws)) {
+        ws.terminate(); // 'close' follows: the flow closes, its bindings and calls end
+        continue;
+      }
+      this.#alive.delete(ws);
+      ws.ping();
+    }
   }
 
   flowById(id: string): Flow | undefined {
@@ -88,6 +116,7 @@ export class WsTransport extends EventEmitter<TransportEvents> implements SipTra
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    clearInterval(this.#heartbeat);
     this.#server.off('upgrade', this.#onUpgrade);
     for (const ws of this.#wss.clients) ws.terminate();
     await new Promise<void>((resolve) => this.#wss.close(() => resolve()));
