@@ -1,6 +1,7 @@
 import type { PingResult, TrunkTarget } from './backend.js';
 import { buildRequest, newBranch, randomToken } from './message.js';
 import type { StackContext } from './stack-context.js';
+import { hostPort, targetUri, trunkRoutes } from './trunk-uri.js';
 
 /**
  * OPTIONS to a trunk (out of dialog): any final response, even 404 or 405, proves it reachable.
@@ -20,18 +21,14 @@ export async function pingTrunk(ctx: StackContext, trunk: TrunkTarget, fromUser 
       lastError = err as Error;
       continue;
     }
-    const t = trunk.target;
-    const hostPort = `${t.host}${t.port ? `:${t.port}` : ''}`;
-    const tp = t.transport && t.transport !== 'udp' ? `;transport=${t.transport}` : '';
     const branch = newBranch();
-    const p = trunk.outboundProxy;
     const text = buildRequest({
       method: 'OPTIONS',
-      ruri: `sip:${hostPort}${tp}`,
+      ruri: targetUri(trunk.target),
       via: ctx.via(flow, branch),
-      routes: p ? [`<sip:${p.host}${p.port ? `:${p.port}` : ''}${p.transport && p.transport !== 'udp' ? `;transport=${p.transport}` : ''};lr>`] : [],
+      routes: trunkRoutes(trunk),
       from: `<sip:${fromUser}@${ctx.domain(flow)}>;tag=${randomToken(6)}`,
-      to: `<sip:${hostPort}>`,
+      to: `<sip:${hostPort(trunk.target)}>`,
       callId: randomToken(12),
       cseq: 1,
       contact: ctx.contact(flow, fromUser),

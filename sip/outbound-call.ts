@@ -6,6 +6,7 @@ import { authorizationFor, buildRequest, newBranch, randomToken, type ParsedRequ
 import type { DialogOwner, StackContext } from './stack-context.js';
 import type { ClientTransaction, ServerTransaction } from './transactions.js';
 import type { Flow } from './transport/flow.js';
+import { hostPort, targetUri, trunkRoutes } from './trunk-uri.js';
 
 /** The UAC side of a call: our INVITE toward a SIP peer (trunk, PBX). */
 export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundCall, DialogOwner {
@@ -108,14 +109,10 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
       if (this.#ended) return;
       this.#flow = flow;
       this.destination = `${dest.transport}:${dest.address}:${dest.port}`;
-      const t = trunk.target;
-      const tp = t.transport && t.transport !== 'udp' ? `;transport=${t.transport}` : '';
-      const hostPort = `${t.host}${t.port ? `:${t.port}` : ''}`;
-      const ruri = `sip:${o.toUser}@${hostPort}${tp}`;
-      const to = this.#invite?.to ?? `<sip:${o.toUser}@${hostPort}>`;
+      const ruri = targetUri(trunk.target, o.toUser);
+      const to = this.#invite?.to ?? `<sip:${o.toUser}@${hostPort(trunk.target)}>`;
       const from = this.#invite?.from ?? this.#from(flow);
-      const p = trunk.outboundProxy;
-      const route = p ? [`<sip:${p.host}${p.port ? `:${p.port}` : ''}${p.transport && p.transport !== 'udp' ? `;transport=${p.transport}` : ''};lr>`] : [];
+      const route = trunkRoutes(trunk);
       if (this.#invite) this.#cseq++;
       // A new attempt starts from scratch: no provisional response yet (CANCEL waits for one), no challenge answered.
       this.#authTried = false;

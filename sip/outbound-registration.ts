@@ -5,11 +5,11 @@ import type {
   OutboundRegistrationState,
   OutboundRegistrationStatus,
 } from './backend.js';
-import { answerChallenge, pickChallenge } from './digest.js';
-import { buildRequest, newBranch, parseUri, randomToken, splitHeaderList, type ParsedResponse } from './message.js';
+import { authorizationFor, buildRequest, newBranch, parseUri, randomToken, splitHeaderList, type ParsedResponse } from './message.js';
 import type { FlowBound, StackContext } from './stack-context.js';
 import type { ClientTransaction } from './transactions.js';
 import type { Flow } from './transport/flow.js';
+import { targetUri, trunkRoutes } from './trunk-uri.js';
 
 const DEFAULT_RETRY_BASE_MS = 5000;
 const DEFAULT_RETRY_MAX_MS = 300_000;
@@ -260,36 +260,21 @@ export class OutboundRegistrationClient extends SafeEmitter<{ state: [status: Ou
 
   #answer(res: ParsedResponse): string | undefined {
     const creds = this.#opts.credentials;
-    if (!creds) return undefined;
-    const proxy = res.status === 407;
-    const name = proxy ? 'proxy-authenticate' : 'www-authenticate';
-    // sip.js keeps only the last challenge header: read them all from the raw message.
-    const raw = res.msg.data;
-    const challenges = raw
-      .slice(0, raw.indexOf('\r\n\r\n'))
-      .split('\r\n')
-      .filter((l) => l.toLowerCase().startsWith(`${name}:`))
-      .map((l) => l.slice(name.length + 1).trim());
-    const challenge = pickChallenge(challenges, creds);
-    const answer = challenge ? answerChallenge(challenge, creds, { method: 'REGISTER', uri: this.#ruri() }) : undefined;
-    return answer ? `${proxy ? 'Proxy-Authorization' : 'Authorization'}: ${answer.header}` : undefined;
+    return creds ? authorizationFor(res, creds, { method: 'REGISTER', uri: this.#ruri() }) : undefined;
   }
 
   #ruri(): string {
-    const t = this.#opts.trunk.target;
-    const tp = t.transport && t.transport !== 'udp' ? `;transport=${t.transport}` : '';
-    return `sip:${t.host}${t.port ? `:${t.port}` : ''}${tp}`;
+    return targetUri(this.#opts.trunk.target);
   }
 
   /** Sends one REGISTER in a new client transaction and waits for its final response or failure. */
   #send(flow: Flow, expires: number, auth: string | undefined): Promise<Exchange> {
     const branch = newBranch();
-    const p = this.#opts.trunk.outboundProxy;
     const text = buildRequest({
       method: 'REGISTER',
       ruri: this.#ruri(),
       via: this.#ctx.via(flow, branch),
-      routes: p ? [`<sip:${p.host}${p.port ? `:${p.port}` : ''}${p.transport && p.transport !== 'udp' ? `;transport=${p.transport}` : ''};lr>`] : [],
+      routes: trunkRoutes(this.#opts.trunk),
       from: `<${this.#aor}>;tag=${this.#fromTag}`,
       to: `<${this.#aor}>`,
       callId: this.#callId,
