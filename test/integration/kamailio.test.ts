@@ -140,7 +140,7 @@ describe('interop with Kamailio as registrar and proxy', function () {
     });
   }
 
-  async function outbound(transport: 'udp' | 'tcp', password: string, scenario: 'uas-answer' | 'uas-answer-then-bye'): Promise<{ uas: SippPeer; g: Gateway }> {
+  async function outbound(transport: 'udp' | 'tcp', password: string, scenario: 'uas-answer' | 'uas-answer-then-bye' | 'uas-ring-no-answer'): Promise<{ uas: SippPeer; g: Gateway }> {
     const uas = await sipp({ scenario, rtpEcho: true, traceMsg: true, keys: scenario === 'uas-answer-then-bye' ? { hold_ms: '2000' } : {} });
     kam = await startKamailio({ user: ACCOUNT, password: SECRET, uasTarget: `sip:127.0.0.1:${uas.port}` });
     // pstn.test appears only in the Request-URI: Kamailio is the outbound proxy, reached with a loose Route.
@@ -199,6 +199,23 @@ describe('interop with Kamailio as registrar and proxy', function () {
     const challenges = kam!.log().split('\n').filter((l) => /INVITE to sip:1000@pstn\.test challenged/.test(l));
     assert.equal(challenges.length, 2, `challenged, then our wrong answer challenged again (and not retried):\n${challenges.join('\n')}`);
     assert.equal(received(await uas.messages(), 'INVITE').length, 0);
+  });
+
+  it('the browser hangs up while the far end rings: our CANCEL matches the authenticated INVITE at Kamailio, which cancels downstream (487)', async () => {
+    const { uas, g } = await outbound('udp', SECRET, 'uas-ring-no-answer');
+    const p = await alice(g);
+    const call = p.call('sip:1000@127.0.0.1');
+    assert.equal(await call.progress, 180);
+    const result = await call.hangup();
+    assert.equal(result.method, 'CANCEL');
+    const end = await call.waitTerminated(10_000);
+    assert.equal(end.statusCode, 487);
+    const done = await uas.done;
+    assert.equal(done.code, 0, formatSippResult(done));
+    const cancel = received(await uas.messages(), 'CANCEL')[0];
+    assert.ok(cancel, 'Kamailio relayed a CANCEL (it only does for one matching its INVITE transaction)');
+    assertRelayedByKamailio(cancel, 'the CANCEL');
+    assert.doesNotMatch(kam!.log(), /without our Route|preloaded Route not ours/);
   });
 
   it('over TCP to Kamailio (double Record-Route): the far end hangs up and its BYE reaches the browser through Kamailio', async () => {
