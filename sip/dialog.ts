@@ -74,6 +74,6 @@ function contactUri(m: { headers: Record<string, Array<{ parsed?: unknown }>> })
   return c instanceof NameAddrHeader ? c.uri.toString() : undefined;
 }
 
-function recordRoutes(m: { headers: Record<string, Array<{ raw: string }>> }): string[] {
+export function recordRoutes(m: { headers: Record<string, Array<{ raw: string }>> }): string[] {
   return (m.headers['Record-Route'] ?? []).map((h) => h.raw);
 }

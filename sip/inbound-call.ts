@@ -1,6 +1,6 @@
 import { SafeEmitter } from '../src/util/safe-emitter.js';
 import type { InboundCall, LegEnd, LegEvents, LegState, TerminateOptions } from './backend.js';
-import { Dialog } from './dialog.js';
+import { Dialog, recordRoutes } from './dialog.js';
 import { randomToken, type ParsedRequest, type ParsedResponse } from './message.js';
 import { handleInDialogRequest, sendBye } from './in-dialog.js';
 import type { DialogOwner, FlowBound, StackContext } from './stack-context.js';
@@ -63,7 +63,7 @@ export class InboundCallLeg extends SafeEmitter<LegEvents> implements InboundCal
     if (this.#ended || this.#txn.hasFinalResponse) return;
     if (status <= 100 || status >= 200) throw new TypeError(`not a provisional status: ${status}`);
     // A Contact makes the early dialog usable (SIP.js drops 1xx without one).
-    this.#ctx.respond(this.#txn, status, { reason, toTag: this.#localTag, headers: [`Contact: ${this.#ctx.contact(this.#flow)}`] });
+    this.#ctx.respond(this.#txn, status, { reason, toTag: this.#localTag, headers: [...this.#recordRoute(), `Contact: ${this.#ctx.contact(this.#flow)}`] });
     this.#state = 'early';
   }
 
@@ -75,9 +75,14 @@ export class InboundCallLeg extends SafeEmitter<LegEvents> implements InboundCal
     this.#state = 'answered';
     this.#ctx.respond(this.#txn, 200, {
       toTag: this.#localTag,
-      headers: [`Contact: ${this.#ctx.contact(this.#flow)}`, 'Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO'],
+      headers: [...this.#recordRoute(), `Contact: ${this.#ctx.contact(this.#flow)}`, 'Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO'],
       body: sdp,
     });
+  }
+
+  /** RFC 3261 §12.1.1: responses that establish a dialog copy the INVITE's Record-Route, in order, so the caller's ACK and BYE follow the proxies. */
+  #recordRoute(): string[] {
+    return recordRoutes(this.#txn.request.msg).map((r) => `Record-Route: ${r}`);
   }
 
   reject(status: number, reason?: string, headers?: string[]): void {
