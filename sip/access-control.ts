@@ -48,7 +48,7 @@ export class AccessControl {
   #expiry: NodeJS.Timeout;
 
   constructor(opts: AccessOptions, respond: Respond, log: Logger) {
-    this.#opts = opts;
+    this.#opts = { ...opts, trunks: opts.trunks.map((t) => ({ ...t })) };
     this.#respond = respond;
     this.#log = log;
     this.#auth = new DigestAuthenticator({ realm: opts.realm, lookup: opts.users });
@@ -63,6 +63,12 @@ export class AccessControl {
   trunkFor(address: string, port: number): string | undefined {
     return this.#opts.trunks.find((t) => t.addresses.includes(address) && (t.port === undefined || t.port === port))?.name;
   }
+  /** New source addresses for a trunk (its domain re-resolved); unknown names are ignored. */
+  setTrunkAddresses(name: string, addresses: readonly string[]): void {
+    const t = this.#opts.trunks.find((x) => x.name === name);
+    if (t) t.addresses = [...addresses];
+  }
+
 
   /** Digest check shared by REGISTER and INVITE; answers the challenge or the refusal itself. */
   #authenticate(req: ParsedRequest, txn: ServerTransaction, flow: Flow, proxy: boolean): string | undefined {

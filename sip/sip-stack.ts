@@ -174,6 +174,11 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
     return pingTrunk(this.#ctx, target);
   }
 
+  /** Where calls from a trunk come from, after its domain was resolved again. */
+  setTrunkAddresses(name: string, addresses: readonly string[]): void {
+    this.#access?.setTrunkAddresses(name, addresses);
+  }
+
   contactsOf(user: string): ContactTarget[] {
     return this.#access?.contactsOf(user) ?? [];
   }

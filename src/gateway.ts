@@ -38,27 +38,39 @@ export interface GatewayStats {
   wsConnections: number;
 }
 
+/** How often trunks named by domain (without `addresses`) are resolved again for recognising their calls. */
+const TRUNK_RESOLVE_INTERVAL_MS = 300_000;
+
+const resolvedByDomain = (t: GatewayConfig['trunks'][number]) => t.addresses === undefined && !isIP(t.host);
+
 /**
  * Where calls from each trunk come from: its `addresses`, else its host (and outbound proxy)
- * resolved once at start (A/AAAA via RFC 3263). A trunk whose name does not resolve matches nothing.
+ * resolved (A/AAAA via RFC 3263) at start and every few minutes. A name that does not resolve
+ * gives no address (at start) or keeps the last ones (later: `previous`).
  */
-async function trunkSources(config: GatewayConfig, resolver: SipResolver, log: Logger): Promise<Map<string, string[]>> {
+async function trunkSources(trunks: GatewayConfig['trunks'], resolver: SipResolver, log: Logger, previous?: Map<string, string[]>): Promise<Map<string, string[]>> {
   const out = new Map<string, string[]>();
   await Promise.all(
-    config.trunks.map(async (t) => {
+    trunks.map(async (t) => {
       if (t.addresses) return void out.set(t.name, t.addresses);
       if (isIP(t.host)) return void out.set(t.name, [t.host]);
       const targets = [trunkTarget(t).target, ...(t.outboundProxy ? [t.outboundProxy] : [])];
       const found = new Set<string>();
+      let failed = false;
       for (const target of targets) {
-        const timeout = new Promise<never>((_, reject) => setTimeout(() => reject(new Error('timed out')), 5000).unref());
+        let timer: NodeJS.Timeout | undefined;
+        const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error('timed out')), 5000)));
         try {
           for (const d of await Promise.race([resolver.resolve(target), timeout])) found.add(d.address);
         } catch (err) {
-          log.warn({ trunk: t.name, host: target.host, err: (err as Error).message }, 'trunk host did not resolve: calls from it will not be recognized (set trunks[].addresses)');
+          failed = true;
+          log.warn({ trunk: t.name, host: target.host, err: (err as Error).message }, 'trunk host did not resolve: calls from it may not be recognized (set trunks[].addresses)');
+        } finally {
+          clearTimeout(timer);
         }
       }
-      out.set(t.name, [...found]);
+      const last = previous?.get(t.name);
+      out.set(t.name, found.size === 0 && failed && last ? last : [...found]);
     }),
   );
   return out;
@@ -108,6 +120,10 @@ export class Gateway {
   #admin: AdminApi | undefined;
   #trunks: TrunkMonitor | undefined;
   #closing: Promise<void> | undefined;
+  #resolver: SipResolver | undefined;
+  #trunkSources = new Map<string, string[]>();
+  #resolveTimer: NodeJS.Timeout | undefined;
+  #resolving: Promise<void> | undefined;
 
   #extensions: TestExtensions | undefined;
 
@@ -169,6 +185,7 @@ export class Gateway {
       trunks: () => gw?.trunkStatus() ?? [],
     });
     const resolver = new SipResolver(config.sip.dns.servers ? { servers: config.sip.dns.servers } : {});
+    let sources = new Map<string, string[]>();
     let sip: SipStack;
     try {
       sip = await SipStack.create({
@@ -181,7 +198,7 @@ export class Gateway {
         ...(config.sip.userAgent ? { userAgent: config.sip.userAgent } : {}),
         observer: metrics.sipObserver,
         resolver,
-        access: accessOptions(config, await trunkSources(config, resolver, log)),
+        access: accessOptions(config, (sources = await trunkSources(config.trunks, resolver, log))),
         log: log.child({ component: 'sip' }),
       });
     } catch (err) {
@@ -197,6 +214,12 @@ export class Gateway {
       throw err;
     }
     gw = new Gateway(config, log, server, sip, rtpPorts, webrtcPorts, metrics, extensions);
+    gw.#resolver = resolver;
+    gw.#trunkSources = sources;
+    if (config.trunks.some(resolvedByDomain)) {
+      gw.#resolveTimer = setInterval(() => void gw!.refreshTrunkAddresses(), TRUNK_RESOLVE_INTERVAL_MS);
+      gw.#resolveTimer.unref();
+    }
     gw.#trunks = TrunkMonitor.start({
       sip,
       trunks: config.trunks,
@@ -286,7 +309,32 @@ export class Gateway {
     return this.#closing;
   }
 
+  /**
+   * Resolves trunks named by domain again (also every few minutes) so calls from them are still
+   * recognised when their addresses change; a failed lookup keeps the last addresses.
+   */
+  refreshTrunkAddresses(): Promise<void> {
+    this.#resolving ??= (async () => {
+      try {
+        const resolver = this.#resolver;
+        if (!resolver || this.#closing) return;
+        const trunks = this.config.trunks.filter(resolvedByDomain);
+        const next = await trunkSources(trunks, resolver, this.log, this.#trunkSources);
+        for (const [name, addresses] of next) {
+          const before = this.#trunkSources.get(name) ?? [];
+          if (before.join() !== addresses.join()) this.log.info({ trunk: name, before, addresses }, 'trunk addresses changed');
+          this.#trunkSources.set(name, addresses);
+          this.#sip.setTrunkAddresses(name, addresses);
+        }
+      } finally {
+        this.#resolving = undefined;
+      }
+    })();
+    return this.#resolving;
+  }
+
   async #closeRest(): Promise<void> {
+    clearInterval(this.#resolveTimer);
     // Un-REGISTER while the SIP stack can still send (each registration bounds its own wait).
     await this.#trunks?.stop();
     await this.#admin?.close();

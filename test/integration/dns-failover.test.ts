@@ -176,4 +176,30 @@ describe('DNS failover: a trunk reached through its SRV records', function () {
     assert.equal(gw.controller.calls()[0]!.info().legs.sip.target, `udp:127.0.0.1:${b.port}`);
     await next.hangup();
   });
+
+  it('recognises calls from a trunk named by domain by what it resolves to, and follows an address change', async () => {
+    // The trunk's SRV target first resolves to 127.0.0.2 (TTL 0: not cached), so SIPp on 127.0.0.1 is a stranger.
+    dns.srv('_sip._udp.pbx.test', [{ priority: 10, weight: 0, port: 5060, target: 'a.pbx.test' }]);
+    dns.a('a.pbx.test', ['127.0.0.2'], 0);
+    const { gw } = await start();
+    const uac = (status: string) =>
+      sipp({ scenario: 'uac-expect-status', remote: `127.0.0.1:${gw.sipAddress('udp')!.port}`, keys: { to_user: 'bob', status, linger_ms: '300' } });
+    const refused = await (await uac('403')).done;
+    assert.equal(refused.code, 0, `an unknown source gets 403: ${refused.errors}`);
+
+    dns.reset();
+    dns.srv('_sip._udp.pbx.test', [{ priority: 10, weight: 0, port: 5060, target: 'a.pbx.test' }]);
+    dns.a('a.pbx.test', ['127.0.0.1'], 0);
+    await gw.refreshTrunkAddresses();
+    // Recognised as the trunk now: bob is a known user with no device, so 480 instead of 403.
+    const recognised = await (await uac('480')).done;
+    assert.equal(recognised.code, 0, `the trunk's call reaches routing: ${recognised.errors}`);
+
+    // DNS failing later keeps the last known addresses.
+    dns.reset();
+    dns.serverFailure('_sip._udp.pbx.test').serverFailure('a.pbx.test').serverFailure('pbx.test');
+    await gw.refreshTrunkAddresses();
+    const still = await (await uac('480')).done;
+    assert.equal(still.code, 0, `still recognised after a failed lookup: ${still.errors}`);
+  });
 });
