@@ -134,7 +134,7 @@ export const configSchema = z.strictObject({
           codecs: z.array(z.enum(['pcmu', 'pcma', 'g722', 'opus'])).min(1).optional(),
           /** How DTMF goes to this trunk. */
           dtmfMode: z.enum(['rfc4733', 'info']).default('rfc4733'),
-          /** Source addresses calls from this trunk come from (default: its host, resolved at start). */
+          /** Source addresses calls from this trunk come from (default: what its host resolves to, refreshed every 5 minutes). */
           addresses: z.array(host).min(1).optional(),
           /** Tell the trunk apart by source port as well (several peers on one host). */
           matchPort: z.boolean().default(false),
