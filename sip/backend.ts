@@ -133,7 +133,10 @@ export interface OutboundCallOptions {
   credentials?: DigestCredentials;
 }
 
-export type OutboundCall = SipCallLeg;
+export interface OutboundCall extends SipCallLeg {
+  /** Where the INVITE went ("udp:10.0.0.1:5060"); undefined before it was sent or for registered contacts. */
+  readonly destination: string | undefined;
+}
 
 export interface Registration {
   user: string;

@@ -23,10 +23,8 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
   /** Destinations not tried yet (RFC 3263 failover). */
   #destinations: Destination[] = [];
   #failoverTimer: NodeJS.Timeout | undefined;
-  /** Any response to the current INVITE transaction (stops failover). */
-  #responded = false;
   /** Where the current INVITE went ("udp:10.0.0.1:5060"), for logs and the admin API. */
-  destination: string | undefined;
+  #destination: string | undefined;
   #dialog: Dialog | undefined;
   /** CANCEL must wait for a provisional response (RFC 3261 §9.1). */
   #cancelPending: string | undefined;
@@ -38,6 +36,10 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
     super(ctx.log);
     this.#ctx = ctx;
     this.#opts = opts;
+  }
+
+  get destination(): string | undefined {
+    return this.#destination;
   }
 
   get state(): LegState {
@@ -108,7 +110,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
       }
       if (this.#ended) return;
       this.#flow = flow;
-      this.destination = `${dest.transport}:${dest.address}:${dest.port}`;
+      this.#destination = `${dest.transport}:${dest.address}:${dest.port}`;
       const ruri = targetUri(trunk.target, o.toUser);
       const to = this.#invite?.to ?? `<sip:${o.toUser}@${hostPort(trunk.target)}>`;
       const from = this.#invite?.from ?? this.#from(flow);
@@ -130,10 +132,11 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
     if (this.#destinations.length === 0) return;
     const inv = this.#invite;
     this.#failoverTimer = setTimeout(() => {
-      if (this.#ended || this.#invite !== inv || this.#responded) return;
-      this.#ctx.log.info({ callId: this.callId, destination: this.destination, ms }, 'no response, failing over');
+      // Any response (even 100 Trying) moved the transaction on from 'calling': this destination answers.
+      if (this.#ended || this.#invite !== inv || inv?.txn.state !== 'calling') return;
+      this.#ctx.log.info({ callId: this.callId, destination: this.#destination, ms }, 'no response, failing over');
       inv?.txn.terminate();
-      void this.#tryNextDestination(`no response from ${this.destination}`);
+      void this.#tryNextDestination(`no response from ${this.#destination}`);
     }, ms);
   }
 
@@ -161,14 +164,10 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
     const txn = this.#ctx.sendRequest(flow, 'INVITE', branch, text, buildAck);
     const invite = { branch, via, ruri, from, to, route, txn };
     this.#invite = invite;
-    this.#responded = false;
-    txn.on('response', (res) => {
-      this.#responded = true;
-      this.#onResponse(res);
-    });
+    txn.on('response', (res) => this.#onResponse(res));
     txn.on('timeout', () => {
       if (this.#invite !== invite || this.#ended) return;
-      if (this.#destinations.length > 0 && !this.#responded) void this.#tryNextDestination(`no response from ${this.destination}`);
+      if (this.#destinations.length > 0 && txn.state === 'calling') void this.#tryNextDestination(`no response from ${this.#destination}`);
       else this.#end({ cause: 'timeout', status: 408, reason: 'no final response (Timer B)' });
     });
     txn.on('transportError', (err) => {
@@ -220,8 +219,8 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
     if (s >= 300) {
       if ((s === 401 || s === 407) && this.#cancelPending === undefined && this.#retryWithCredentials(res)) return;
       if (s === 503 && this.#cancelPending === undefined && this.#destinations.length > 0 && !this.#ended) {
-        this.#ctx.log.info({ callId: this.callId, destination: this.destination }, '503 from destination, trying the next');
-        void this.#tryNextDestination(`503 from ${this.destination}`);
+        this.#ctx.log.info({ callId: this.callId, destination: this.#destination }, '503 from destination, trying the next');
+        void this.#tryNextDestination(`503 from ${this.#destination}`);
         return;
       }
       this.#end({ cause: 'rejected', status: s, reason: res.msg.reasonPhrase });

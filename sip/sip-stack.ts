@@ -170,7 +170,7 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
   }
 
   ping(target: TrunkTarget): Promise<PingResult> {
-    if (this.#closed) return Promise.reject(new Error('SIP stack closed'));
+    if (this.#closed) return Promise.reject(new InvalidStateError('SIP stack closed'));
     return pingTrunk(this.#ctx, target);
   }
 

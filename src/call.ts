@@ -158,7 +158,7 @@ export class Call extends CallBase {
         sip: {
           ...(this.#outbound ? { callId: this.#outbound.callId, state: this.#outbound.state } : {}),
           trunk: this.#deps.trunk.name,
-          target: (this.#outbound as { destination?: string } | undefined)?.destination ?? targetName(this.#deps.trunk),
+          target: this.#outbound?.destination ?? targetName(this.#deps.trunk),
           toUser: this.#deps.toUser ?? this.#inbound.toUser,
           ...(rtp ? { media: rtpMediaInfo(rtp) } : {}),
         },
