@@ -1,22 +1,22 @@
 import type { PingResult, TrunkTarget } from './backend.js';
 import { buildRequest, newBranch, randomToken } from './message.js';
 import type { StackContext } from './stack-context.js';
-import { hostPort, targetUri, trunkRoutes } from './trunk-uri.js';
+import { destinationName, flowToDestination, hostPort, nextHop, targetUri, trunkRoutes } from './trunk-target.js';
 
 /**
  * OPTIONS to a trunk (out of dialog): any final response, even 404 or 405, proves it reachable.
  * Tries the resolved destinations in order on transport failure; rejects on timeout (Timer F).
  */
 export async function pingTrunk(ctx: StackContext, trunk: TrunkTarget, fromUser = 'gw'): Promise<PingResult> {
-  const next = trunk.outboundProxy ?? trunk.target;
+  const next = nextHop(trunk);
   const dests = await ctx.resolve(next);
   if (dests.length === 0) throw new Error(`no address for ${next.host}`);
   let lastError: Error = new Error(`no destination for ${next.host}`);
   for (const dest of dests) {
-    const destination = `${dest.transport}:${dest.address}:${dest.port}`;
+    const destination = destinationName(dest);
     let flow;
     try {
-      flow = await ctx.flowTo(dest.transport, { address: dest.address, port: dest.port, servername: dest.hostname, verify: trunk.tlsVerify ?? true });
+      flow = await flowToDestination(ctx, trunk, dest);
     } catch (err) {
       lastError = err as Error;
       continue;

@@ -6,7 +6,7 @@ import { authorizationFor, buildRequest, newBranch, randomToken, type ParsedRequ
 import type { DialogOwner, StackContext } from './stack-context.js';
 import type { ClientTransaction, ServerTransaction } from './transactions.js';
 import type { Flow } from './transport/flow.js';
-import { hostPort, targetUri, trunkRoutes } from './trunk-uri.js';
+import { destinationName, flowToDestination, hostPort, nextHop, targetUri, trunkRoutes } from './trunk-target.js';
 
 /** The UAC side of a call: our INVITE toward a SIP peer (trunk, PBX). */
 export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundCall, DialogOwner {
@@ -65,7 +65,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
       return;
     }
     const trunk = target.trunk;
-    const next = trunk.outboundProxy ?? trunk.target;
+    const next = nextHop(trunk);
     try {
       this.#destinations = await this.#ctx.resolve(next);
     } catch (err) {
@@ -102,15 +102,15 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
       }
       let flow: Flow;
       try {
-        flow = await this.#ctx.flowTo(dest.transport, { address: dest.address, port: dest.port, servername: dest.hostname, verify: trunk.tlsVerify ?? true });
+        flow = await flowToDestination(this.#ctx, trunk, dest);
       } catch (err) {
-        lastError = `cannot reach ${dest.transport}:${dest.address}:${dest.port}: ${(err as Error).message}`;
-        this.#ctx.log.info({ callId: this.callId, destination: `${dest.transport}:${dest.address}:${dest.port}`, err: (err as Error).message }, 'destination unreachable, trying the next');
+        lastError = `cannot reach ${destinationName(dest)}: ${(err as Error).message}`;
+        this.#ctx.log.info({ callId: this.callId, destination: destinationName(dest), err: (err as Error).message }, 'destination unreachable, trying the next');
         continue;
       }
       if (this.#ended) return;
       this.#flow = flow;
-      this.#destination = `${dest.transport}:${dest.address}:${dest.port}`;
+      this.#destination = destinationName(dest);
       const ruri = targetUri(trunk.target, o.toUser);
       const to = this.#invite?.to ?? `<sip:${o.toUser}@${hostPort(trunk.target)}>`;
       const from = this.#invite?.from ?? this.#from(flow);

@@ -9,7 +9,7 @@ import { authorizationFor, buildRequest, newBranch, parseUri, randomToken, split
 import type { FlowBound, StackContext } from './stack-context.js';
 import type { ClientTransaction } from './transactions.js';
 import type { Flow } from './transport/flow.js';
-import { targetUri, trunkRoutes } from './trunk-uri.js';
+import { destinationName, flowToDestination, nextHop, targetUri, trunkRoutes } from './trunk-target.js';
 
 const DEFAULT_RETRY_BASE_MS = 5000;
 const DEFAULT_RETRY_MAX_MS = 300_000;
@@ -196,16 +196,16 @@ export class OutboundRegistrationClient extends SafeEmitter<{ state: [status: Ou
    */
   async #exchange(expires: number, gen: number): Promise<Outcome> {
     const trunk = this.#opts.trunk;
-    const next = trunk.outboundProxy ?? trunk.target;
+    const next = nextHop(trunk);
     const dests = await this.#ctx.resolve(next);
     if (gen !== this.#generation) return { kind: 'aborted' };
     if (dests.length === 0) return { kind: 'failed', error: `no address for ${next.host}` };
     let lastError = `no destination for ${next.host}`;
     for (const [i, dest] of dests.entries()) {
-      const destination = `${dest.transport}:${dest.address}:${dest.port}`;
+      const destination = destinationName(dest);
       let flow: Flow;
       try {
-        flow = await this.#ctx.flowTo(dest.transport, { address: dest.address, port: dest.port, servername: dest.hostname, verify: trunk.tlsVerify ?? true });
+        flow = await flowToDestination(this.#ctx, trunk, dest);
       } catch (err) {
         lastError = `cannot reach ${destination}: ${(err as Error).message}`;
         continue;
