@@ -196,7 +196,8 @@ describe('interop with Kamailio as registrar and proxy', function () {
     const p = await alice(g);
     const call = p.call('sip:1000@127.0.0.1');
     await assert.rejects(call.established, (e: unknown) => e instanceof CallRejectedError && e.statusCode === 403);
-    const challenges = kam!.log().split('\n').filter((l) => /INVITE to sip:1000@pstn\.test challenged/.test(l));
+    // Kamailio's log reaches us through a pipe, possibly after the 403 did: wait for both lines.
+    const challenges = await kam!.waitForLogLines(/INVITE to sip:1000@pstn\.test challenged/, 2);
     assert.equal(challenges.length, 2, `challenged, then our wrong answer challenged again (and not retried):\n${challenges.join('\n')}`);
     assert.equal(received(await uas.messages(), 'INVITE').length, 0);
   });

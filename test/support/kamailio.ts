@@ -45,6 +45,11 @@ export interface KamailioProxy {
   log(): string;
   /** Resolves with the first log line matching `re` (already logged or to come); rejects after timeoutMs. */
   waitForLog(re: RegExp, timeoutMs?: number): Promise<string>;
+  /**
+   * Resolves with every log line matching `re` once there are at least `count` of them. Kamailio's
+   * stderr reaches us through a pipe, so a line can arrive after the SIP message it describes.
+   */
+  waitForLogLines(re: RegExp, count: number, timeoutMs?: number): Promise<string[]>;
   /** Ends Kamailio and its workers (SIGTERM, then SIGKILL), reaps it. Safe to call twice. */
   stop(): Promise<KamailioExit>;
 }
@@ -275,28 +280,35 @@ export async function startKamailio(options: KamailioOptions): Promise<KamailioP
       void terminate();
     }, options.timeoutMs ?? 120_000);
     let stopping: Promise<KamailioExit> | undefined;
+    const waitForLogLines = (re: RegExp, count: number, timeoutMs = 10_000): Promise<string[]> =>
+      new Promise((res, rej) => {
+        const check = () => {
+          const lines = stderr.split('\n').filter((l) => re.test(l));
+          if (lines.length >= count) done(() => res(lines));
+          else if (exitedFlag) done(() => rej(new Error(`kamailio exited after logging ${lines.length} of ${count} lines matching ${String(re)}`)));
+        };
+        const timer = setTimeout(
+          () => done(() => rej(new Error(`timed out waiting for kamailio to log ${count} lines matching ${String(re)}\n${stderr.split('\n').slice(-30).join('\n')}`))),
+          timeoutMs,
+        );
+        const done = (f: () => void) => {
+          clearTimeout(timer);
+          waiters.delete(check);
+          f();
+        };
+        waiters.add(check);
+        check();
+      });
     return {
       pid: child.pid!,
       port,
       args,
       log: () => stderr,
-      waitForLog(re: RegExp, timeoutMs = 10_000): Promise<string> {
-        return new Promise((res, rej) => {
-          const check = () => {
-            const line = stderr.split('\n').find((l) => re.test(l));
-            if (line !== undefined) done(() => res(line));
-            else if (exitedFlag) done(() => rej(new Error(`kamailio exited before logging ${String(re)}`)));
-          };
-          const timer = setTimeout(() => done(() => rej(new Error(`timed out waiting for kamailio to log ${String(re)}\n${stderr.split('\n').slice(-30).join('\n')}`))), timeoutMs);
-          const done = (f: () => void) => {
-            clearTimeout(timer);
-            waiters.delete(check);
-            f();
-          };
-          waiters.add(check);
-          check();
-        });
+      async waitForLog(re: RegExp, timeoutMs = 10_000): Promise<string> {
+        const [line] = await waitForLogLines(re, 1, timeoutMs);
+        return line!;
       },
+      waitForLogLines,
       stop() {
         stopping ??= (async () => {
           clearTimeout(guard);
