@@ -7,15 +7,17 @@
  * below) and a kill guard here. Logs go to a temp dir removed by stop().
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { accessSync, constants as fsConstants, existsSync, rmSync } from 'node:fs';
-import { mkdtemp, readFile, readdir, readlink } from 'node:fs/promises';
-import { createServer, type Server } from 'node:net';
+import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { InvalidStateError } from '../../src/util/errors.js';
+import { parseSippMessageLog, parseStats, type SippMessage, type SippStats } from './sipp-log.js';
+import { boundBy, pickPorts, type Ports } from './sipp-ports.js';
 import { tcpToTls, tlsToTcp, type TlsTunnel } from './tls-tunnel.js';
+
+export type { SippMessage, SippStats } from './sipp-log.js';
 
 export type SippScenarioName =
   | 'uas-answer'
@@ -63,20 +65,6 @@ export interface SippOptions {
   extraArgs?: readonly string[];
 }
 
-/** Cumulative counters from SIPp's -trace_stat file at exit. */
-export interface SippStats {
-  created: number;
-  successful: number;
-  failed: number;
-  retransmissions: number;
-  /** Messages for calls already ended (e.g. a late retransmission). */
-  deadCallMessages: number;
-  /** Messages matching no call (SIPp ignores them). */
-  outOfCallMessages: number;
-  /** Every "(C)" column of the file, by name without the suffix. */
-  counters: Record<string, number>;
-}
-
 export interface SippResult {
   /**
    * 0: every call succeeded; 1: some failed; 97: stopped early; 99: no call;
@@ -94,32 +82,6 @@ export interface SippResult {
   /** SIPp's stderr, possibly truncated. */
   stderr: string;
   args: readonly string[];
-}
-
-export interface SippMessage {
-  /**
-   * sent / received: as on the wire. unexpected: a received message that
-   * matched no scenario step (SIPp logs it as received too). dead-call: one
-   * for a call already ended (also logged as received).
-   */
-  kind: 'sent' | 'received' | 'unexpected' | 'dead-call' | 'other';
-  /**
-   * Dropped by SIPp for -lost: a received one is in the log (SIPp then
-   * ignored it); a sent one never left and has no text.
-   */
-  lost: boolean;
-  transport: string;
-  /**
-   * As SIPp logs it: "2026-01-01 12:00:00.123456". Entries logged without
-   * one (unexpected, dead-call, lost sends) take the one before.
-   */
-  time: string;
-  /** The SIP message, lines joined with \r\n ('' for a lost send). */
-  text: string;
-  method?: string;
-  status?: number;
-  callId?: string;
-  cseq?: { seq: number; method: string };
 }
 
 export interface SippPeer {
@@ -277,195 +239,9 @@ function validate(o: SippOptions): void {
   if (o.remote !== undefined && !/^[^\s:]+:\d+$/.test(o.remote)) throw new TypeError('remote must be "host:port"');
 }
 
-// ---- ports ----------------------------------------------------------------
-
-function bindUdp(port: number): Promise<UdpSocket | null> {
-  return new Promise((res) => {
-    const s = createSocket({ type: 'udp4', reuseAddr: false });
-    s.once('error', () => {
-      s.close();
-      res(null);
-    });
-    s.bind({ port, address: '127.0.0.1', exclusive: true }, () => {
-      s.removeAllListeners('error');
-      res(s);
-    });
-  });
-}
-
-function listenTcp(port: number): Promise<Server | null> {
-  return new Promise((res) => {
-    const s = createServer();
-    s.once('error', () => res(null));
-    s.listen({ port, host: '127.0.0.1', exclusive: true }, () => {
-      s.removeAllListeners('error');
-      res(s);
-    });
-  });
-}
-
-interface Ports {
-  sip: number;
-  media: number;
-}
-
-/**
- * Free ports for SIP and media, found by binding them and letting go just
- * before SIPp starts (a race another process can win: startSipp retries
- * once when SIPp then fails to bind). Media needs mediaPort and
- * mediaPort + 2 (SIPp's audio and video echo sockets); mediaPort is even.
- */
-async function pickPorts(transport: 'udp' | 'tcp'): Promise<Ports> {
-  const held: Array<UdpSocket | Server> = [];
-  try {
-    let sip = 0;
-    for (let i = 0; i < 20 && sip === 0; i++) {
-      const u = await bindUdp(0);
-      if (!u) continue;
-      held.push(u);
-      const p = u.address().port;
-      if (transport === 'tcp') {
-        const t = await listenTcp(p);
-        if (!t) continue;
-        held.push(t);
-      }
-      sip = p;
-    }
-    let media = 0;
-    for (let i = 0; i < 20 && media === 0; i++) {
-      const u = await bindUdp(0);
-      if (!u) continue;
-      held.push(u);
-      let p = u.address().port;
-      if (p % 2 === 1) {
-        const even = await bindUdp(p + 1);
-        if (!even) continue;
-        held.push(even);
-        p += 1;
-      }
-      const video = p + 2 <= 65535 ? await bindUdp(p + 2) : null;
-      if (!video) continue;
-      held.push(video);
-      media = p;
-    }
-    if (sip === 0 || media === 0) throw new Error('no free ports on 127.0.0.1 for SIPp');
-    return { sip, media };
-  } finally {
-    await Promise.all(
-      held.map(
-        (h) =>
-          new Promise<void>((res) => {
-            if ('send' in h) h.close(() => res());
-            else h.close(() => res());
-          }),
-      ),
-    );
-  }
-}
-
 // ---- readiness --------------------------------------------------------------
 
-/** Socket inodes of `pid` bound to 127.0.0.1:port (TCP: listening), from /proc. */
-async function boundBy(pid: number, proto: 'udp' | 'tcp', port: number): Promise<boolean> {
-  const table = await readFile(`/proc/net/${proto}`, 'utf8');
-  const local = `0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`;
-  const inodes = new Set<string>();
-  for (const line of table.split('\n').slice(1)) {
-    const f = line.trim().split(/\s+/);
-    if (f[1] !== local) continue;
-    if (proto === 'tcp' && f[3] !== '0A') continue;
-    if (f[9]) inodes.add(f[9]);
-  }
-  if (inodes.size === 0) return false;
-  for (const fd of await readdir(`/proc/${pid}/fd`)) {
-    const target = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
-    const m = /^socket:\[(\d+)\]$/.exec(target);
-    if (m && inodes.has(m[1]!)) return true;
-  }
-  return false;
-}
-
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-// ---- parsing ----------------------------------------------------------------
-
-function parseStats(csv: string): SippStats | null {
-  const lines = csv.split('\n').filter((l) => l.trim() !== '');
-  if (lines.length < 2) return null;
-  const head = lines[0]!.split(';');
-  const last = lines[lines.length - 1]!.split(';');
-  const counters: Record<string, number> = {};
-  head.forEach((h, i) => {
-    const m = /^(.*)\(C\)$/.exec(h);
-    const v = Number(last[i]);
-    if (m && last[i] !== undefined && last[i] !== '' && Number.isFinite(v)) counters[m[1]!] = v;
-  });
-  const total = Number(last[head.indexOf('TotalCallCreated')]);
-  return {
-    created: Number.isFinite(total) ? total : 0,
-    successful: counters['SuccessfulCall'] ?? 0,
-    failed: counters['FailedCall'] ?? 0,
-    retransmissions: counters['Retransmissions'] ?? 0,
-    deadCallMessages: counters['DeadCallMsgs'] ?? 0,
-    outOfCallMessages: counters['OutOfCallMsgs'] ?? 0,
-    counters,
-  };
-}
-
-// SIPp appends its -lost notes ("UDP message lost (recv).", "UDP message
-// voluntary lost (while sending).") to the entry before, with no newline
-// ahead of the next separator. Entries for unexpected and dead-call
-// messages have a separator without a timestamp.
-const SEPARATOR = /-{47}(?: (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+))?\n/g;
-const LOST_RECV = /(\w+) message (?:\(retrans\) )?lost \(recv\)\./g;
-const LOST_SEND = /(\w+) message voluntary lost \(while sending\)\./g;
-
-/** Parses SIPp's -trace_msg log: entries start with a dashed line and a timestamp. */
-export function parseSippMessageLog(log: string): SippMessage[] {
-  const out: SippMessage[] = [];
-  // split() with a capture group alternates text and timestamps.
-  const parts = log.replace(/\r\n/g, '\n').split(SEPARATOR);
-  let time = '';
-  for (let i = 1; i + 1 < parts.length; i += 2) {
-    time = parts[i] ?? time;
-    let body = parts[i + 1]!;
-    const lostSends = [...body.matchAll(LOST_SEND)].map((m) => m[1]!);
-    body = body.replace(LOST_SEND, '');
-    const lost = body.search(LOST_RECV) >= 0;
-    body = body.replace(LOST_RECV, '');
-    const nl = body.indexOf('\n');
-    const header = nl < 0 ? body : body.slice(0, nl);
-    const rest = nl < 0 ? '' : body.slice(nl + 1);
-    const transport = /(\w+) message/.exec(header)?.[1] ?? '';
-    let kind: SippMessage['kind'];
-    if (/^Unexpected \w+ message received/.test(header)) kind = 'unexpected';
-    else if (/^Dead call/.test(header)) kind = 'dead-call';
-    else if (/^\w+ message sent/.test(header)) kind = 'sent';
-    else if (/^\w+ message received/.test(header)) kind = 'received';
-    else kind = 'other';
-    const text = rest.replace(/^\n+/, '').replace(/\n+$/, '\n').replace(/\n/g, '\r\n');
-    out.push({ kind, lost, transport, time, text, ...describe(text) });
-    for (const t of lostSends) out.push({ kind: 'sent', lost: true, transport: t, time, text: '' });
-  }
-  return out;
-}
-
-function describe(text: string): Pick<SippMessage, 'method' | 'status' | 'callId' | 'cseq'> {
-  const d: Pick<SippMessage, 'method' | 'status' | 'callId' | 'cseq'> = {};
-  const eol = text.indexOf('\r\n');
-  const first = eol < 0 ? text : text.slice(0, eol);
-  const resp = /^SIP\/2\.0 (\d{3})/.exec(first);
-  if (resp) d.status = Number(resp[1]);
-  else {
-    const req = /^([A-Z]+) \S+ SIP\/2\.0/.exec(first);
-    if (req) d.method = req[1]!;
-  }
-  const callId = /^(?:Call-ID|i)[ \t]*:[ \t]*(.+)$/im.exec(text);
-  if (callId) d.callId = callId[1]!.trim();
-  const cseq = /^CSeq[ \t]*:[ \t]*(\d+)[ \t]+([A-Za-z]+)/im.exec(text);
-  if (cseq) d.cseq = { seq: Number(cseq[1]), method: cseq[2]!.toUpperCase() };
-  return d;
-}
 
 // ---- process ----------------------------------------------------------------
 
