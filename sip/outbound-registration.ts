@@ -17,6 +17,7 @@ const DEFAULT_STOP_TIMEOUT_MS = 2000;
 /** Retry-After and Min-Expires come from the network: bounded. */
 const MAX_RETRY_AFTER_S = 3600;
 const MAX_MIN_EXPIRES_S = 86_400;
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /**
  * When to refresh a binding granted for `grantedS` seconds. Short bindings at half-time; long ones
@@ -140,6 +141,8 @@ export class OutboundRegistrationClient extends SafeEmitter<{ state: [status: Ou
   }
 
   #schedule(ms: number): void {
+    // Node fires a timer longer than 2^31-1 ms after 1 ms instead.
+    ms = Math.min(ms, MAX_TIMER_MS);
     clearTimeout(this.#timer);
     this.#nextAttemptAt = Date.now() + ms;
     this.#timer = setTimeout(() => {
@@ -227,7 +230,9 @@ export class OutboundRegistrationClient extends SafeEmitter<{ state: [status: Ou
         const reason = `${s} ${r.msg.reasonPhrase ?? ''}`.trim();
         if (s >= 200 && s < 300) {
           if (expires === 0) return { kind: 'unregistered' };
-          const granted = grantedExpires(r, this.#ctx.contact(flow, this.#opts.username)) ?? expires;
+          // A registrar may shorten the expiry we asked for, never lengthen it (RFC 3261 §10.3): a larger
+          // value is a registrar bug, and trusting it could overflow the refresh timer.
+          const granted = Math.min(expires, grantedExpires(r, this.#ctx.contact(flow, this.#opts.username)) ?? expires);
           if (granted <= 0) return { kind: 'failed', error: `${reason} without a binding for our Contact` };
           return { kind: 'registered', granted };
         }

@@ -129,6 +129,23 @@ describe('trunk registration and reachability', function () {
     }
   });
 
+  it('holds a registrar that grants more than we asked for to what we asked for (no refresh storm)', async () => {
+    // 3,000,000 s is past what a Node timer can hold (2^31-1 ms); trusting it made refreshes fire at once.
+    sipp = await startSipp({ scenario: 'uas-registrar', keys: { user: USER, password: SECRET, expires: '3000000' }, traceMsg: true });
+    const gw = await registering({ trunk: { password: SECRET, registerExpires: 60 } });
+    const r = await until(() => {
+      const reg = trunk(gw).registration;
+      return reg?.state === 'registered' ? reg : undefined;
+    }, 'the registration');
+    assert.equal(r.expiresAt! - r.lastRegisteredAt!, 60_000, 'the 60 s we asked for, not the 3,000,000 s granted');
+    assert.ok(r.nextAttemptAt! - r.lastRegisteredAt! >= 29_000, `the refresh is half-way to expiry: ${JSON.stringify(r)}`);
+    // A second of quiet: one challenged and one authenticated REGISTER, no refreshes.
+    await new Promise((res) => setTimeout(res, 1000));
+    assert.equal(registers(await sipp.messages()).length, 2);
+    await gw.shutdown(0);
+    assert.equal((await sipp.done).code, 0);
+  });
+
   it('a wrong password leaves the registration failed with the reason and retries with backoff', async () => {
     sipp = await startSipp({ scenario: 'uas-registrar', keys: { user: USER, password: SECRET, expires: '60' }, traceMsg: true });
     const gw = await registering({ trunk: { password: 'not-the-secret' }, registrationRetryBaseMs: 100 });
