@@ -6,6 +6,7 @@ import { authorizationFor, buildRequest, newBranch, randomToken, type ParsedRequ
 import type { DialogOwner, StackContext } from './stack-context.js';
 import type { ClientTransaction, ServerTransaction } from './transactions.js';
 import type { Flow } from './transport/flow.js';
+import { encodeSipUser } from './sip-user.js';
 import { destinationName, flowToDestination, hostPort, nextHop, targetUri, trunkRoutes } from './trunk-target.js';
 
 /** The UAC side of a call: our INVITE toward a SIP peer (trunk, PBX). */
@@ -61,7 +62,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
         return;
       }
       this.#flow = flow;
-      this.#sendInvite(flow, target.contact.uri, this.#from(flow), `<sip:${o.toUser}@${this.#ctx.domain(flow)}>`, []);
+      this.#sendInvite(flow, target.contact.uri, this.#from(flow), `<sip:${encodeSipUser(o.toUser)}@${this.#ctx.domain(flow)}>`, []);
       return;
     }
     const trunk = target.trunk;
@@ -82,7 +83,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
   #from(flow: Flow): string {
     const o = this.#opts;
     const display = o.fromDisplayName ? `"${o.fromDisplayName.replace(/["\\]/g, '')}" ` : '';
-    return `${display}<sip:${o.fromUser}@${o.fromDomain ?? this.#ctx.domain(flow)}>;tag=${this.#localTag}`;
+    return `${display}<sip:${encodeSipUser(o.fromUser)}@${o.fromDomain ?? this.#ctx.domain(flow)}>;tag=${this.#localTag}`;
   }
 
   /**
@@ -112,7 +113,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
       this.#flow = flow;
       this.#destination = destinationName(dest);
       const ruri = targetUri(trunk.target, o.toUser);
-      const to = this.#invite?.to ?? `<sip:${o.toUser}@${hostPort(trunk.target)}>`;
+      const to = this.#invite?.to ?? `<sip:${encodeSipUser(o.toUser)}@${hostPort(trunk.target)}>`;
       const from = this.#invite?.from ?? this.#from(flow);
       const route = trunkRoutes(trunk);
       if (this.#invite) this.#cseq++;

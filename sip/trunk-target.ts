@@ -1,4 +1,5 @@
 import type { Destination, SipTarget, TrunkTarget } from './backend.js';
+import { encodeSipUser } from './sip-user.js';
 import type { StackContext } from './stack-context.js';
 import type { Flow } from './transport/flow.js';
 
@@ -11,7 +12,7 @@ export function hostPort(t: SipTarget): string {
 /** A SIP URI for a target (with `user@` when given), `;transport=` for anything but UDP. */
 export function targetUri(t: SipTarget, user?: string): string {
   const tp = t.transport && t.transport !== 'udp' ? `;transport=${t.transport}` : '';
-  return `sip:${user ? `${user}@` : ''}${hostPort(t)}${tp}`;
+  return `sip:${user ? `${encodeSipUser(user)}@` : ''}${hostPort(t)}${tp}`;
 }
 
 /** The Route set for requests to a trunk: a loose route to its outbound proxy (RFC 3261 §8.1.2), if any. */

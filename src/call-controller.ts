@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import type { InboundCall, SipBackend } from '../sip/backend.js';
+import { sipUserProblem } from '../sip/sip-user.js';
 import type { PortAllocator } from '../webrtc/port-allocator.js';
 import type { CallBase, CallInfo } from './call-base.js';
 import { CallToBrowser } from './call-to-browser.js';
@@ -116,6 +117,15 @@ export class CallController {
    */
   #route(inbound: InboundCall): CallBase | undefined {
     const trunkName = inbound.trunk;
+    // Users arrive percent-decoded: a dialled "%0D%0A" is a line break that must never reach a trunk.
+    for (const [what, value] of [['dialled number', inbound.toUser], ['calling user', inbound.fromUser]] as const) {
+      const problem = sipUserProblem(value);
+      if (problem) {
+        this.#log.info({ what, length: value.length, problem }, 'refused a call with an unusable user');
+        inbound.reject(400, `Bad Request (${what} ${problem})`);
+        return undefined;
+      }
+    }
     const isUser = (name: string) => this.#config.users.some((u) => u.username === name);
     let user: string;
     if (trunkName === undefined) {

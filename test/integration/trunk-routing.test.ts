@@ -121,4 +121,23 @@ describe('trunks: proxy authentication and outbound routing rules', function () 
     const nowhere = phone.call('sip:999@127.0.0.1');
     await assert.rejects(nowhere.established, (e: unknown) => e instanceof CallRejectedError && e.statusCode === 404);
   });
+  it('refuses a dialled number with a line break (no header injection at the trunk) and escapes "#" in the Request-URI', async () => {
+    const uas = await sipp('uas-expect-ruri', { expect_user: '*67%23123' });
+    gw = await startGateway({ trunkPort: uas.port });
+    phone = await Softphone.connect({ server: wsUrl(gw), user: 'alice', domain: '127.0.0.1', password: TEST_PASSWORD });
+    // sip.js decodes the user to "0301234\r\nX-Injected: yes"; written back raw it would be a header line.
+    const injected = phone.call('sip:0301234%0D%0AX-Injected:%20yes@127.0.0.1');
+    await assert.rejects(injected.established, (e: unknown) => e instanceof CallRejectedError && e.statusCode === 400);
+    const long = phone.call(`sip:${'1'.repeat(129)}@127.0.0.1`);
+    await assert.rejects(long.established, (e: unknown) => e instanceof CallRejectedError && e.statusCode === 400);
+    // A star code with '#': valid to dial, but '#' must be escaped in a SIP URI (RFC 3261 §25.1).
+    const star = phone.call('sip:*67%23123@127.0.0.1');
+    await star.established;
+    await star.hangup();
+    const done = await uas.done;
+    assert.equal(done.code, 0, `SIPp got *67%23123: ${done.errors}`);
+    const invites = (await uas.messages()).filter((m) => m.kind === 'received' && m.method === 'INVITE');
+    assert.equal(invites.length, 1, 'the refused calls sent nothing to the trunk');
+    assert.doesNotMatch(invites[0]!.text, /X-Injected/i);
+  });
 });
