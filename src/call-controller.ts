@@ -139,6 +139,11 @@ export class CallController {
           inbound.reject(404, 'Not Found (no route)');
           return undefined;
         }
+        if (route.toUser === '') {
+          this.#log.info({ from: inbound.fromUser, to: inbound.toUser, rule: route.rule }, 'nothing left to dial after the route rewrote the number');
+          inbound.reject(484, 'Address Incomplete');
+          return undefined;
+        }
         return new Call(inbound, { ...this.#deps, trunk: route.trunk, toUser: route.toUser, log: this.#log });
       }
       user = inbound.toUser;

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { GatewayError } from './util/errors.js';
@@ -7,7 +8,11 @@ function isLoopback(h: string): boolean {
   return h === 'localhost' || h === '::1' || /^127\./.test(h);
 }
 
-const host = z.string().min(1).refine((s) => !/\s/.test(s), 'must be a host name or IP address');
+const DOMAIN = /^(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/;
+const host = z
+  .string()
+  .min(1)
+  .refine((s) => isIP(s) !== 0 || DOMAIN.test(s), 'must be a host name or IP address (a port goes in its own key)');
 const port = z.number().int().min(0).max(65535);
 const filePath = z.string().min(1).max(4096);
 /** `{ cert, key }` file paths (PEM); `ca` adds trusted roots for verifying peers. */

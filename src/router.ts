@@ -97,9 +97,9 @@ export class OutboundRouter {
     for (const r of this.#rules) {
       if (r.to && !r.to(toUser)) continue;
       if (r.from && !r.from(fromUser)) continue;
-      const rewritten = r.prepend + toUser.slice(r.strip);
-      if (rewritten === '') continue;
-      return { trunk: r.trunk, toUser: rewritten, rule: r.rule };
+      // Nothing left to dial (a lone "0" under a strip-1 rule) stays with this rule: the caller
+      // gets 484, rather than a later rule sending the number somewhere else unrewritten.
+      return { trunk: r.trunk, toUser: r.prepend + toUser.slice(r.strip), rule: r.rule };
     }
     return undefined;
   }

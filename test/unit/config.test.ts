@@ -34,6 +34,12 @@ describe('configuration', () => {
       (e: unknown) => e instanceof ConfigError && /media\.rtpPorts/.test(e.message) && /bogus/.test(e.message),
     );
     assert.throws(() => parseConfig({ ...loadConfig(), trunks: [{ name: 'x', host: '127.0.0.1', port: 5060, transport: 'sctp' }] }), /trunks\.0\.transport/);
+    // A port in the host would otherwise be taken for an IPv6 address.
+    assert.throws(() => parseConfig({ ...loadConfig(), trunks: [{ name: 'x', host: 'pbx.example.com:5060' }] }), /trunks\.0\.host: must be a host name or IP address \(a port goes in its own key\)/);
+    assert.throws(() => parseConfig({ ...loadConfig(), trunks: [{ name: 'x', host: 'pbx example.com' }] }), /trunks\.0\.host/);
+    for (const host of ['pbx.example.com', 'pbx.example.com.', 'localhost', '192.0.2.1', '2001:db8::1', 'sip-1.carrier.example']) {
+      assert.doesNotThrow(() => parseConfig({ ...loadConfig(), trunks: [{ name: 'x', host }] }), host);
+    }
   });
 
   it('refuses an admin API on a non-loopback address without a token, naming admin.token', () => {

@@ -43,8 +43,13 @@ describe('outbound routing rules', () => {
     assert.equal(r.route('0301234', 'alice')?.trunk.name, 'pstn');
   });
 
-  it('never routes a number that rewriting empties', () => {
-    assert.equal(router([{ to: { prefix: '9' }, trunk: 'pstn', strip: 1 }]).route('9', 'alice'), undefined);
+  it('stops at a rule whose rewriting empties the number (the caller gets 484), not at a later rule', () => {
+    const r = router([
+      { name: 'outside-line', to: { prefix: '9' }, trunk: 'pstn', strip: 1 },
+      { name: 'anything', to: { regex: '.' }, trunk: 'pbx' },
+    ]);
+    assert.deepEqual({ ...r.route('9', 'alice')!, trunk: undefined }, { rule: 'outside-line', toUser: '', trunk: undefined });
+    assert.equal(r.route('9123', 'alice')?.toUser, '123');
   });
 
   it('gives each trunk its target, credentials (with realm) and From settings', () => {
