@@ -140,4 +140,20 @@ describe('trunks: proxy authentication and outbound routing rules', function () 
     assert.equal(invites.length, 1, 'the refused calls sent nothing to the trunk');
     assert.doesNotMatch(invites[0]!.text, /X-Injected/i);
   });
+  it('answers 484 when a route strips the whole number, rather than trying later routes', async () => {
+    gw = await startGateway({
+      trunkPort: 9, // never used: both calls end at the router
+      extra: {
+        trunks: [{ name: 'pstn', host: '127.0.0.1', port: 9, transport: 'udp', optionsPingMs: 0 }],
+        routes: [
+          { name: 'outside-line', to: { prefix: '9' }, trunk: 'pstn', strip: 1 },
+          { name: 'anything', to: { regex: '^9$' }, trunk: 'pstn' },
+        ],
+      },
+    });
+    phone = await Softphone.connect({ server: wsUrl(gw), user: 'alice', domain: '127.0.0.1', password: TEST_PASSWORD });
+    const call = phone.call('sip:9@127.0.0.1');
+    await assert.rejects(call.established, (e: unknown) => e instanceof CallRejectedError && e.statusCode === 484);
+    assert.equal(gw.controller.calls().length, 0);
+  });
 });
