@@ -72,7 +72,9 @@ export class AccessControl {
 
   /** Digest check shared by REGISTER and INVITE; answers the challenge or the refusal itself. */
   #authenticate(req: ParsedRequest, txn: ServerTransaction, flow: Flow, proxy: boolean): string | undefined {
-    const source = flow.remote.address;
+    // Per transport: a UDP source address can be forged, and forged failures must not lock the
+    // same address out of its WebSocket or TLS connections.
+    const source = `${flow.transport}:${flow.remote.address}`;
     if (this.#limiter.blocked(source)) {
       this.#respond(txn, 403, { reason: 'Forbidden (too many failed attempts)' });
       return undefined;
@@ -97,9 +99,16 @@ export class AccessControl {
       // SIP.js resends its last Authorization as-is (e.g. on un-REGISTER), which is no attack.
       case 'replay':
         return void challenge(true);
-      default:
+      case 'unknown-user':
+      case 'bad-response':
+        // Only a wrong answer to a nonce we issued is a guess at a password; counting malformed or
+        // unsupported headers would let anyone lock a source out without ever being challenged.
         this.#limiter.fail(source);
-        this.#log.warn({ source: `${flow.transport}:${source}:${flow.remote.port}`, user: result.username, reason: result.reason, method: req.method }, 'authentication failed');
+        this.#log.warn({ source: `${flow.transport}:${flow.remote.address}:${flow.remote.port}`, user: result.username, reason: result.reason, method: req.method }, 'authentication failed');
+        this.#respond(txn, 403, { reason: 'Forbidden' });
+        return undefined;
+      default:
+        this.#log.info({ source: `${flow.transport}:${flow.remote.address}:${flow.remote.port}`, user: result.username, reason: result.reason, method: req.method }, 'malformed credentials refused');
         this.#respond(txn, 403, { reason: 'Forbidden' });
         return undefined;
     }

@@ -4,7 +4,8 @@ import { WebSocket } from 'ws';
 import type { Gateway } from '../../src/gateway.js';
 import { answerChallenge } from '../../sip/digest.js';
 import { parseSipMessage } from '../../sip/message.js';
-import { TEST_PASSWORD, assertClean, startGateway, wsUrl } from '../support/gateway-harness.js';
+import { TEST_PASSWORD, assertClean, startGateway, waitFor, wsUrl } from '../support/gateway-harness.js';
+import { bindUdp, closeUdp } from '../support/ports.js';
 import { Softphone } from '../support/softphone.js';
 
 /** A bare SIP-over-WebSocket client for requests SIP.js would not send as we need them. */
@@ -177,6 +178,50 @@ describe('registrar: digest authentication and bindings', function () {
     const replayed = await c.next();
     assert.equal(status(replayed), 401);
     assert.match(challenges(replayed).join(' '), /stale=true/i);
+  });
+
+  it('blocks a source after 10 wrong passwords, but forged UDP failures from its address lock out neither it nor its WebSocket', async () => {
+    gw = await startGateway({ trunkPort: 9 });
+    const udp = gw.sipAddress('udp')!;
+    // Garbage credentials over UDP, where the source address could be anyone's: answered, never counted.
+    const sock = await bindUdp(0);
+    closers.push(() => closeUdp(sock));
+    const replies: string[] = [];
+    sock.on('message', (m) => replies.push(m.toString()));
+    for (let i = 0; i < 15; i++) {
+      const text = [
+        'REGISTER sip:127.0.0.1 SIP/2.0',
+        `Via: SIP/2.0/UDP 127.0.0.1:${sock.address().port};branch=z9hG4bKforged${i}`,
+        'Max-Forwards: 70',
+        'From: <sip:carol@127.0.0.1>;tag=forged',
+        'To: <sip:carol@127.0.0.1>',
+        'Call-ID: forged-udp',
+        `CSeq: ${i + 1} REGISTER`,
+        'Contact: <sip:carol@127.0.0.1>',
+        'Authorization: Digest garbage',
+        'Content-Length: 0',
+        '',
+        '',
+      ].join('\r\n');
+      sock.send(text, udp.port, udp.address);
+    }
+    await waitFor(() => replies.length === 15, 'an answer to every forged REGISTER');
+    assert.ok(replies.every((r) => status(r) === 403 && !/too many/i.test(r)), replies[14]);
+
+    // Real wrong passwords over the WebSocket do count: the 10th blocks the source.
+    const c = await RawWsClient.open(wsUrl(gw));
+    closers.push(() => c.close());
+    const wrongs: number[] = [];
+    for (let i = 0; i < 10; i++) {
+      const uri = c.register('carol');
+      const chal = challenges(await c.next()).find((h) => /MD5/.test(h))!;
+      const wrong = answerChallenge(chal, { username: 'carol', password: 'guess' }, { method: 'REGISTER', uri })!;
+      c.register('carol', [`Authorization: ${wrong.header}`]);
+      wrongs.push(status(await c.next()));
+    }
+    assert.deepEqual(wrongs, Array(10).fill(403));
+    c.register('carol');
+    assert.match(await c.next(), /^SIP\/2\.0 403 Forbidden \(too many failed attempts\)/);
   });
 
   it('answers 423 with Min-Expires when the expiry is too short', async () => {
