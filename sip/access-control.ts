@@ -60,8 +60,13 @@ export class AccessControl {
     this.#expiry.unref();
   }
 
-  trunkFor(address: string, port: number): string | undefined {
-    return this.#opts.trunks.find((t) => t.addresses.includes(address) && (t.port === undefined || t.port === port))?.name;
+  /**
+   * The trunk whose addresses a request comes from. The port only counts over UDP: a TCP or TLS
+   * peer connects from an ephemeral port, whatever its listening port is.
+   */
+  trunkFor(address: string, port: number, transport = 'udp'): string | undefined {
+    const portMatches = (t: { port?: number }) => t.port === undefined || transport !== 'udp' || t.port === port;
+    return this.#opts.trunks.find((t) => t.addresses.includes(address) && portMatches(t))?.name;
   }
   /** New source addresses for a trunk (its domain re-resolved); unknown names are ignored. */
   setTrunkAddresses(name: string, addresses: readonly string[]): void {
@@ -117,7 +122,7 @@ export class AccessControl {
   /** Decides whether an INVITE may create a call; responds itself when it may not be. */
   authorizeInvite(req: ParsedRequest, txn: ServerTransaction, flow: Flow): InviteAccess | undefined {
     if (flow.transport !== 'ws') {
-      const trunk = this.trunkFor(flow.remote.address, flow.remote.port);
+      const trunk = this.trunkFor(flow.remote.address, flow.remote.port, flow.transport);
       if (trunk) return { ok: true, trunk };
       this.#log.warn({ source: `${flow.transport}:${flow.remote.address}:${flow.remote.port}` }, 'INVITE from an address that is not a configured trunk');
       return { ok: false, status: 403, reason: 'Forbidden (not a configured peer)' };

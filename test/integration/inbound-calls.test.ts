@@ -176,4 +176,19 @@ describe('inbound calls: SIP trunk to registered browsers', function () {
     assert.equal(gw!.stats().totalCalls, 0);
     assert.equal(gw!.stats().rtpPortsInUse, 0);
   });
+  it('matchPort checks the source port of UDP trunks only: TCP peers connect from ephemeral ports', async () => {
+    // Port 9 is nobody's source port. Recognised as the trunk, the call gets 480 (bob is not
+    // registered); not recognised, it gets 403.
+    await gateway({ trunk: { matchPort: true } });
+    const refused = await uac('uac-expect-status', { to_user: 'bob', status: '403' });
+    assert.equal((await refused.done).code, 0, 'UDP from another port than the trunk\'s is refused');
+    await sipp!.stop();
+    await gw!.close();
+
+    await gateway({ trunkTransport: 'tcp', trunk: { matchPort: true } });
+    const tcp = gw!.sipAddress('tcp')!;
+    sipp = await startSipp({ scenario: 'uac-expect-status', transport: 'tcp', remote: `127.0.0.1:${tcp.port}`, calls: 1, keys: { to_user: 'bob', status: '480', linger_ms: '0' }, traceMsg: true });
+    const done = await sipp.done;
+    assert.equal(done.code, 0, `TCP from an ephemeral port is the trunk: ${done.errors}`);
+  });
 });
