@@ -88,6 +88,26 @@ describe('DNS failover: a trunk reached through its SRV records', function () {
     return (await peer.messages()).filter((m) => m.kind === 'received' && m.method === 'INVITE').map((m) => m.callId ?? '');
   }
 
+  it('pings the next SRV target with OPTIONS after failoverTimeoutMs of silence, not after the whole of Timer F', async () => {
+    const a = await deadPeer();
+    const b = await sipp({ scenario: 'uas-options', calls: 1 });
+    zone(a.port, b.port);
+    // T1 1 s: Timer F is 64 s, far beyond this test's timeout; the 500 ms failover must do it.
+    gw = await startGateway({
+      trunkPort: 9,
+      t1: 1000,
+      trunk: { host: 'pbx.test', port: undefined, transport: 'udp', failoverTimeoutMs: 500, optionsPingMs: 60_000 },
+      extra: { sip: { dns: { servers: [dns.server] } } },
+    });
+    const g = gw;
+    const deadline = Date.now() + 10_000;
+    while (g.trunkStatus()[0]!.reachability !== 'reachable' && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(g.trunkStatus()[0]!.reachability, 'reachable', JSON.stringify(g.trunkStatus()[0]));
+    assert.ok(a.received.some((m) => m.startsWith('OPTIONS ')), 'the priority-10 target was pinged first');
+    const done = await b.done;
+    assert.equal(done.code, 0, done.errors);
+  });
+
   it('fails over to the priority-20 target when the priority-10 one never answers, within the same call', async () => {
     const a = await deadPeer();
     const b = await sipp({ scenario: 'uas-answer' });
