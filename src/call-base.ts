@@ -128,6 +128,7 @@ export abstract class CallBase extends SafeEmitter<CallEvents> {
   #state: CallState = 'setup';
   #endReason: CallEndReason | undefined;
   #resources: Array<() => Promise<void> | void> = [];
+  #ringTimer: NodeJS.Timeout | undefined;
   #closing: Promise<void> | undefined;
 
   constructor(idSeed: string, log: Logger, bindings: Record<string, string>) {
@@ -161,7 +162,16 @@ export abstract class CallBase extends SafeEmitter<CallEvents> {
     };
   }
 
+  /** Ends the call with `reason` unless it is answered within `ms` (a no-answer limit, not a call length limit). */
+  protected armRingTimeout(ms: number, reason: CallEndReason): void {
+    clearTimeout(this.#ringTimer);
+    this.#ringTimer = this.disposer.timeout(() => {
+      if (this.state !== 'answered') void this.teardown(reason);
+    }, ms);
+  }
+
   protected markAnswered(): void {
+    clearTimeout(this.#ringTimer);
     this.state = 'answered';
     this.#answeredAt = Date.now();
     this.safeEmit('answered', this.#answeredAt - this.startedAt);

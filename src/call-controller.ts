@@ -47,6 +47,7 @@ export class CallController {
         webrtcSetupTimeoutMs: config.media.webrtcSetupTimeoutMs,
         symmetricRtp: config.media.symmetricRtp,
       },
+      ringTimeoutMs: config.calls.ringTimeoutMs,
     };
     this.#config = config;
     this.#log = opts.log;

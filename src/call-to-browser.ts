@@ -85,7 +85,7 @@ export class CallToBrowser extends CallBase {
       if (!this.own(() => lease.release())) return;
       this.#rtp = new RtpEndpoint(lease, this.log, { symmetric: d.media.symmetricRtp });
     }
-    this.disposer.timeout(() => void this.teardown({ by: 'gateway', cause: 'no-answer', status: 480 }), d.ringTimeoutMs);
+    this.armRingTimeout(d.ringTimeoutMs, { by: 'gateway', cause: 'no-answer', status: 480 });
     // Every device gets its own PeerConnection and ports; a device that fails to set up is dropped.
     await Promise.all(this.#contacts.map((c) => this.#startFork(c)));
     this.#checkForks();

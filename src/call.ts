@@ -19,6 +19,8 @@ export interface CallDeps {
   /** The number as the trunk gets it (after the route's rewriting); default the dialled one. */
   toUser?: string;
   media: { announceAddress: string; bindAddress: string; codecs: readonly PlainRtpCodec[]; webrtcSetupTimeoutMs: number; symmetricRtp: boolean };
+  /** How long the SIP side may ring before we CANCEL (calls.ringTimeoutMs). */
+  ringTimeoutMs: number;
   log: Logger;
 }
 
@@ -67,6 +69,7 @@ export class Call extends CallBase {
     this.#outbound = outbound;
     this.log = this.log.child({ outCallId: outbound.callId });
     this.disposer.on(outbound, 'ended', (end: LegEnd) => this.#legEnded('sip', end));
+    this.armRingTimeout(d.ringTimeoutMs, { by: 'gateway', cause: 'no-answer', status: 480 });
     this.disposer.on(outbound, 'progress', (status: number) => {
       if (status === 180 || status === 183) {
         this.state = 'ringing';

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import type { Gateway } from '../../src/gateway.js';
-import { TEST_PASSWORD, assertClean, startGateway, wsUrl, type HarnessOptions, requireSipp } from '../support/gateway-harness.js';
+import { TEST_PASSWORD, assertClean, startGateway, waitFor, wsUrl, type HarnessOptions, requireSipp } from '../support/gateway-harness.js';
 import { Softphone } from '../support/softphone.js';
 import { startSipp, type SippOptions, type SippPeer } from '../support/sipp.js';
 
@@ -124,6 +124,22 @@ describe('inbound calls: SIP trunk to registered browsers', function () {
     await inc.waitCancelled(10_000);
     const done = await peer.done;
     assert.equal(done.code, 0, done.errors);
+  });
+
+  it('an answered call outlives the ring timeout (it limits ringing, not the call)', async () => {
+    await gateway({ ringTimeoutMs: 1000 });
+    const alice = await registered('alice');
+    const peer = await uac('uac-call', { to_user: 'alice', hangup_ms: '2500' });
+    const inc = await alice.nextIncoming(10_000);
+    await inc.ringing();
+    await inc.answer();
+    const end = await inc.waitTerminated(10_000);
+    assert.equal(end.byeReceived, true, 'SIPp hung up after 2.5 s, not the gateway after 1 s');
+    const done = await peer.done;
+    assert.equal(done.code, 0, done.errors);
+    await waitFor(() => gw!.controller.size === 0, 'the call to end');
+    const ended = gw!.controller.list()[0]!;
+    assert.equal(ended.endReason?.by, 'sip', JSON.stringify(ended.endReason));
   });
 
   it('answers 480 for a known user with no registered device', async () => {
