@@ -22,10 +22,10 @@ describe('bridged call: SIP.js over WebSocket to SIPp over UDP', function () {
 
   before(requireSipp);
 
-  async function setup(opts: SippOptions & { t1?: number; rtpPorts?: [number, number]; codecs?: GatewayConfig['media']['codecs']; trunk?: Record<string, unknown> }): Promise<{ gw: Gateway; sipp: SippPeer; phone: Softphone }> {
-    const { t1, rtpPorts, codecs, trunk, ...sippOpts } = opts;
+  async function setup(opts: SippOptions & { t1?: number; rtpPorts?: [number, number]; codecs?: GatewayConfig['media']['codecs']; trunk?: Record<string, unknown>; ringTimeoutMs?: number }): Promise<{ gw: Gateway; sipp: SippPeer; phone: Softphone }> {
+    const { t1, rtpPorts, codecs, trunk, ringTimeoutMs, ...sippOpts } = opts;
     sipp = await startSipp({ transport: 'udp', ...sippOpts });
-    gw = await startGateway({ trunkPort: sipp.port, trunkTransport: sipp.transport, ...(t1 ? { t1 } : {}), ...(rtpPorts ? { rtpPorts } : {}), ...(codecs ? { codecs } : {}), ...(trunk ? { trunk } : {}) });
+    gw = await startGateway({ trunkPort: sipp.port, trunkTransport: sipp.transport, ...(t1 ? { t1 } : {}), ...(rtpPorts ? { rtpPorts } : {}), ...(codecs ? { codecs } : {}), ...(trunk ? { trunk } : {}), ...(ringTimeoutMs ? { ringTimeoutMs } : {}) });
     phone = await Softphone.connect({ server: wsUrl(gw), user: 'alice', domain: '127.0.0.1', password: TEST_PASSWORD });
     return { gw, sipp, phone };
   }
@@ -138,6 +138,16 @@ describe('bridged call: SIP.js over WebSocket to SIPp over UDP', function () {
     const end = await call.waitTerminated(10_000);
     assert.equal(end.statusCode, 487);
     assert.equal((await sipp.done).code, 0);
+    const received = (await sipp.messages()).filter((m) => m.kind === 'received').map((m) => m.method);
+    assert.ok(received.includes('CANCEL'), `SIPp saw ${received.join(',')}`);
+  });
+
+  it('SIPp rings past calls.ringTimeoutMs: CANCEL to SIPp, 480 to the client', async () => {
+    const { sipp, phone } = await setup({ scenario: 'uas-ring-no-answer', calls: 1, traceMsg: true, ringTimeoutMs: 1000 });
+    const call = phone.call('sip:1000@127.0.0.1');
+    assert.equal(await call.progress, 180);
+    await assert.rejects(call.established, (e: unknown) => e instanceof CallRejectedError && e.statusCode === 480);
+    assert.equal((await sipp.done).code, 0, 'SIPp got the CANCEL it waits for');
     const received = (await sipp.messages()).filter((m) => m.kind === 'received').map((m) => m.method);
     assert.ok(received.includes('CANCEL'), `SIPp saw ${received.join(',')}`);
   });
