@@ -43,6 +43,9 @@ interface Naptr {
 }
 
 /** One resolve() call: what failed, and until when it may wait. */
+/** How long AAAA may lag behind an answered A before we go on without it (like RFC 8305's resolution delay, with room for a busy event loop). */
+const AAAA_GRACE_MS = 250;
+
 interface Attempt {
   failures: string[];
   deadline: number;
@@ -161,7 +164,23 @@ export class SipResolver {
 
   /** A then AAAA of `name`; `hostname` is the domain of the original target (RFC 5922 for TLS). */
   async #addresses(name: string, transport: PeerTransport, port: number, hostname: string, at: Attempt): Promise<Destination[]> {
-    const [v4, v6] = await Promise.all([this.#query<string>('A', name, at), this.#query<string>('AAAA', name, at)]);
+    // AAAA on an attempt of its own: once A has answered we wait only AAAA_GRACE_MS more for it
+    // (as RFC 8305 does), and a late AAAA timeout must not mark this attempt out of time.
+    const side: Attempt = { failures: [], deadline: at.deadline, outOfTime: false };
+    const aaaa = this.#query<string>('AAAA', name, side).then((r) => ({ r }));
+    const v4 = await this.#query<string>('A', name, at);
+    let v6: string[] = [];
+    if (v4.length === 0) {
+      v6 = (await aaaa).r;
+      at.failures.push(...side.failures);
+      at.outOfTime ||= side.outOfTime;
+    } else {
+      let timer: NodeJS.Timeout | undefined;
+      const grace = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), AAAA_GRACE_MS)));
+      const got = await Promise.race([aaaa, grace]);
+      clearTimeout(timer);
+      if (got) v6 = got.r;
+    }
     let addresses = [...v4, ...v6];
     // On the system's DNS, also what the OS resolver knows (/etc/hosts), as PBXs and proxies do.
     // Never with configured servers: tests must not send queries beyond them.

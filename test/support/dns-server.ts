@@ -105,9 +105,9 @@ export class TestDnsServer {
     return this;
   }
 
-  /** Queries for `name` (any type) are dropped: the client times out. */
-  silence(name: string): this {
-    this.#silent.add(norm(name));
+  /** Queries for `name` (of `type`, default any) are dropped: the client times out. */
+  silence(name: string, type?: string): this {
+    this.#silent.add(type ? `${type} ${norm(name)}` : norm(name));
     return this;
   }
 
@@ -149,7 +149,7 @@ export class TestDnsServer {
     if (query.type !== 'query' || !question) return;
     const name = norm(question.name);
     this.#queries.push({ name, type: question.type });
-    if (this.#silent.has(name)) return;
+    if (this.#silent.has(name) || this.#silent.has(`${question.type} ${name}`)) return;
 
     let rcode = 0;
     let answers: dnsPacket.Answer[] = [];

@@ -163,6 +163,17 @@ describe('SipResolver (RFC 3263) against a DNS server on 127.0.0.1', function ()
       assert.deepEqual(summary(await resolver().resolve({ host: 'v6.test' })), ['tcp:::1:5090', 'tcp:2001:db8::5:5090']);
     });
 
+    it('does not wait for a silent AAAA once A has answered, and still waits for AAAA when A has nothing', async () => {
+      // c-ares would wait 5 s for the dropped AAAA query; the resolver goes on shortly after A.
+      dns.a('v4.test', ['127.0.0.8']).silence('v4.test', 'AAAA');
+      const r = resolver({ timeoutMs: 5000, tries: 1, budgetMs: 8000 });
+      assert.deepEqual(summary(await within(r.resolve({ host: 'v4.test', port: 5060 }), 2500, 'resolve')), ['udp:127.0.0.8:5060']);
+      assert.ok(dns.queries.some((q) => q.type === 'AAAA' && q.name === 'v4.test'), 'AAAA was asked');
+      dns.aaaa('v6only.test', ['::8']).silence('v6only.test', 'A');
+      const quick = resolver({ timeoutMs: 300, tries: 1, budgetMs: 3000 });
+      assert.deepEqual(summary(await within(quick.resolve({ host: 'v6only.test', port: 5060 }), 5000, 'resolve')), ['udp:::8:5060']);
+    });
+
     it('resolves an unknown domain to no destination (NXDOMAIN is not an error)', async () => {
       assert.deepEqual(await resolver().resolve({ host: 'nowhere.test' }), []);
     });
