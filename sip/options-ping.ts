@@ -5,14 +5,17 @@ import { destinationName, flowToDestination, hostPort, nextHop, targetUri, trunk
 
 /**
  * OPTIONS to a trunk (out of dialog): any final response, even 404 or 405, proves it reachable.
- * Tries the resolved destinations in order on transport failure; rejects on timeout (Timer F).
+ * Tries the resolved destinations in order: on a transport failure, and on silence for the trunk's
+ * failoverTimeoutMs while others remain (as INVITEs do); the last one gets the whole of Timer F.
  */
 export async function pingTrunk(ctx: StackContext, trunk: TrunkTarget, fromUser = 'gw'): Promise<PingResult> {
   const next = nextHop(trunk);
   const dests = await ctx.resolve(next);
   if (dests.length === 0) throw new Error(`no address for ${next.host}`);
   let lastError: Error = new Error(`no destination for ${next.host}`);
-  for (const dest of dests) {
+  const failoverMs = trunk.failoverTimeoutMs ?? 4000;
+  for (const [i, dest] of dests.entries()) {
+    const last = i === dests.length - 1;
     const destination = destinationName(dest);
     let flow;
     try {
@@ -36,7 +39,15 @@ export async function pingTrunk(ctx: StackContext, trunk: TrunkTarget, fromUser 
     });
     const started = performance.now();
     const txn = ctx.sendRequest(flow, 'OPTIONS', branch, text);
+    let silence: NodeJS.Timeout | undefined;
     const result = await new Promise<PingResult | Error>((resolve) => {
+      if (!last) {
+        silence = setTimeout(() => {
+          if (txn.state !== 'trying') return; // a provisional response: it is there, let it finish
+          resolve(new Error(`no response from ${destination} within ${failoverMs} ms`));
+          txn.terminate();
+        }, failoverMs);
+      }
       txn.on('response', (res) => {
         if (res.status >= 200) resolve({ status: res.status, rttMs: Math.round((performance.now() - started) * 10) / 10, destination });
       });
@@ -46,6 +57,7 @@ export async function pingTrunk(ctx: StackContext, trunk: TrunkTarget, fromUser 
       txn.once('terminated', () => resolve(new Error(`no response from ${destination} (transaction ended)`)));
       txn.start();
     });
+    clearTimeout(silence);
     if (!(result instanceof Error)) return result;
     lastError = result;
   }
