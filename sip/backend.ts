@@ -34,8 +34,8 @@ export interface LegEnd {
 export type LegState = 'calling' | 'early' | 'answered' | 'confirmed' | 'ended';
 
 export interface LegEvents {
-  /** A provisional response arrived (outbound legs). */
-  progress: [status: number, reason: string];
+  /** A provisional response arrived (outbound legs); `sdp` is its SDP answer, if it carried one (early media). */
+  progress: [status: number, reason: string, sdp?: string];
   /** A 2xx with an SDP answer arrived and was ACKed (outbound legs). */
   answered: [sdp: string];
   /** The ACK for our 2xx arrived (inbound legs). */
@@ -71,8 +71,8 @@ export interface InboundCall extends SipCallLeg {
   readonly authUser: string | undefined;
   /** The configured trunk this INVITE came from, for calls from SIP peers. */
   readonly trunk: string | undefined;
-  /** Sends a provisional response (180, 183). */
-  progress(status: number, reason?: string): void;
+  /** Sends a provisional response (180, 183), with an SDP answer for early media (the 200 must then carry the same). */
+  progress(status: number, reason?: string, sdp?: string): void;
   /** Sends 200 OK with the SDP answer; `confirmed` follows on ACK, `ended` with `no-ack` otherwise. */
   accept(sdp: string): void;
   /** Sends a final non-2xx response (with extra header lines, e.g. Retry-After); the leg ends with cause `local`. */

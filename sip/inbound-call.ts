@@ -65,11 +65,16 @@ export class InboundCallLeg extends SafeEmitter<LegEvents> implements InboundCal
     return this.#state;
   }
 
-  progress(status: number, reason?: string): void {
+  progress(status: number, reason?: string, sdp?: string): void {
     if (this.#ended || this.#txn.hasFinalResponse) return;
     if (status <= 100 || status >= 200) throw new TypeError(`not a provisional status: ${status}`);
     // A Contact makes the early dialog usable (SIP.js drops 1xx without one).
-    this.#ctx.respond(this.#txn, status, { reason, toTag: this.#localTag, headers: [...this.#recordRoute(), `Contact: ${this.#ctx.contact(this.#flow)}`] });
+    this.#ctx.respond(this.#txn, status, {
+      reason,
+      toTag: this.#localTag,
+      headers: [...this.#recordRoute(), `Contact: ${this.#ctx.contact(this.#flow)}`],
+      ...(sdp ? { body: sdp } : {}),
+    });
     this.#state = 'early';
   }
 

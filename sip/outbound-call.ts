@@ -214,7 +214,10 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
       if (this.#ended) return;
       if (s > 100) this.#state = 'early';
       else if (this.#state === 'calling') this.#state = 'early';
-      this.safeEmit('progress', s, res.msg.reasonPhrase ?? '');
+      // An SDP answer in an unreliable 18x is early media (RFC 3261 §13.3.1.1; we never ask for 100rel).
+      const body = res.msg.body;
+      const sdp = body && /^application\/sdp\b/i.test(res.msg.getHeader('content-type') ?? '') ? body : undefined;
+      this.safeEmit('progress', s, res.msg.reasonPhrase ?? '', ...(sdp ? [sdp] : []));
       return;
     }
     if (s >= 300) {

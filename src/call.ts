@@ -38,6 +38,9 @@ export class Call extends CallBase {
   #rtp: RtpEndpoint | undefined;
   #webrtc: WebRtcEndpoint | undefined;
   #webrtcPorts: number[] = [];
+  /** The browser's media, built once: for early media (18x with SDP) or for the answer. */
+  #bridging: Promise<boolean> | undefined;
+  #ringingSent = false;
 
   constructor(inbound: InboundCall, deps: CallDeps) {
     super(inbound.callId, deps.log, { inCallId: inbound.callId });
@@ -70,22 +73,49 @@ export class Call extends CallBase {
     this.log = this.log.child({ outCallId: outbound.callId });
     this.disposer.on(outbound, 'ended', (end: LegEnd) => this.#legEnded('sip', end));
     this.armRingTimeout(d.ringTimeoutMs, { by: 'gateway', cause: 'no-answer', status: 480 });
-    this.disposer.on(outbound, 'progress', (status: number) => {
-      if (status === 180 || status === 183) {
+    const fail = (what: string) => (err: unknown) => {
+      this.log.warn({ err: errorMessage(err) }, what);
+      void this.teardown(failureReason(err));
+    };
+    this.disposer.on(outbound, 'progress', (status: number, _reason: string, sdp?: string) => {
+      if (sdp && !this.#bridging) {
+        // Early media (ringback, announcements): bridge now and give the browser a 183 with our
+        // answer; the 200 to the browser will carry the same one (RFC 3261 §13.3.1.1).
+        this.state = 'ringing';
+        this.#bridging = this.#bridge(sdp, codecs);
+        this.#bridging.then((ok) => {
+          if (ok && !this.closed) this.#inbound.progress(183, 'Session Progress', this.#webrtc!.localSdp);
+        }, fail('bridging early media failed'));
+        return;
+      }
+      if ((status === 180 || status === 183) && !this.#ringingSent && !this.#bridging) {
+        this.#ringingSent = true;
         this.state = 'ringing';
         this.#inbound.progress(180);
       }
     });
-    this.disposer.on(outbound, 'answered', (sdp: string) => {
-      void this.#onAnswered(sdp, codecs).catch((err: unknown) => {
-        this.log.warn({ err: errorMessage(err) }, 'bridging the answer failed');
-        void this.teardown(failureReason(err));
-      });
-    });
+    this.disposer.on(outbound, 'answered', (sdp: string) => void this.#onAnswered(sdp, codecs).catch(fail('bridging the answer failed')));
     this.log.debug({ to: d.toUser ?? this.#inbound.toUser, trunk: d.trunk.name }, 'INVITE sent to SIP peer');
   }
 
   async #onAnswered(sdp: string, offered: Parameters<typeof negotiateSipAnswer>[1]): Promise<void> {
+    if (this.#bridging) {
+      // Bridged for early media: the 200 may only move the SIP side's address.
+      if (!(await this.#bridging)) return;
+      this.#confirmSipAnswer(sdp, offered);
+    } else {
+      this.#bridging = this.#bridge(sdp, offered);
+      if (!(await this.#bridging)) return;
+    }
+    if (this.closed) return;
+    this.#inbound.accept(this.#webrtc!.localSdp);
+    this.markAnswered();
+    const media = this.#media!;
+    this.log.info({ codec: media.codec.name, sip: `${media.sip.address}:${media.sip.port}`, setupMs: Date.now() - this.startedAt }, 'call answered');
+  }
+
+  /** Negotiates the SIP side's answer and builds the browser's PeerConnection and the relay; false if the call ended meanwhile. */
+  async #bridge(sdp: string, offered: Parameters<typeof negotiateSipAnswer>[1]): Promise<boolean> {
     const d = this.#deps;
     const media = negotiateSipAnswer(sdp, offered);
     this.#media = media;
@@ -97,15 +127,32 @@ export class Call extends CallBase {
         ...endpointBase(d.media, portRange, this.log),
       }),
     );
-    if (!opened) return;
+    if (!opened) return false;
     const webrtc = opened.endpoint;
     this.#webrtc = webrtc;
     this.#webrtcPorts = opened.lease.ports;
     this.disposer.on(webrtc, 'failed', (reason: string) => void this.teardown({ by: 'browser', cause: 'webrtc-failed', status: 500 }, reason));
     this.#relay = new MediaRelay(webrtc, this.#rtp!, media);
-    this.#inbound.accept(webrtc.localSdp);
-    this.markAnswered();
-    this.log.info({ codec: media.codec.name, sip: `${media.sip.address}:${media.sip.port}`, setupMs: Date.now() - this.startedAt }, 'call answered');
+    return true;
+  }
+
+  /**
+   * The 200 after early media: the browser already has our answer, so the codec and payload types
+   * must stay (488 otherwise); a new address or port (another fork, a media server handing over)
+   * just redirects our RTP.
+   */
+  #confirmSipAnswer(sdp: string, offered: Parameters<typeof negotiateSipAnswer>[1]): void {
+    const early = this.#media!;
+    const media = negotiateSipAnswer(sdp, offered);
+    if (media.codec.name !== early.codec.name || media.sipPt !== early.sipPt || media.dtmf?.sipPt !== early.dtmf?.sipPt) {
+      throw new SdpError(`the 200 answers ${media.codec.name}/${media.sipPt} after early media in ${early.codec.name}/${early.sipPt}`, 488);
+    }
+    const [a, b] = [early.sip, media.sip];
+    if (a.address !== b.address || a.port !== b.port || a.rtcpPort !== b.rtcpPort) {
+      this.log.info({ from: `${a.address}:${a.port}`, to: `${b.address}:${b.port}` }, 'the 200 moved the SIP side\'s media');
+      this.#rtp!.setRemote(b.address, b.port, b.rtcpPort);
+      early.sip = b;
+    }
   }
 
   #legEnded(side: 'browser' | 'sip', end: LegEnd): void {

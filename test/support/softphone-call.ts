@@ -10,6 +10,8 @@ export interface CallOptions {
   readonly keepPeerConnectionOnClose?: boolean;
   /** Bound on `established` and `progress`. Default 15000 ms (below SIP Timer B, 32 s). */
   readonly establishTimeoutMs?: number;
+  /** SIP.js `earlyMedia`: apply the SDP answer of a 183 and play its media before the 200. */
+  readonly earlyMedia?: boolean;
 }
 
 export interface AnswerOptions {

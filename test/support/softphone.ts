@@ -273,7 +273,7 @@ export class Softphone {
     if (this.#closing) throw new InvalidStateError('Softphone is closed');
     const uri = UserAgent.makeURI(target);
     if (!uri) throw new TypeError(`bad target URI: ${target}`);
-    const inviter = new Inviter(this.userAgent, uri, { extraHeaders: [...(options.extraHeaders ?? [])] });
+    const inviter = new Inviter(this.userAgent, uri, { extraHeaders: [...(options.extraHeaders ?? [])], ...(options.earlyMedia ? { earlyMedia: true } : {}) });
     this.#setSdhOptions(inviter, options);
     const call = new SoftphoneCall(inviter, target, options, this.options.teardownTimeoutMs ?? 5000, this.#diagnostics());
     this.#calls.add(call);
