@@ -255,7 +255,8 @@ export class Phone {
     if (!ua || this.status.registration !== 'registered') throw new InvalidStateError('not registered');
     if (this.#session) throw new InvalidStateError('already in a call');
     const uri = this.targetUri(target);
-    const inviter = new Inviter(ua, uri, { sessionDescriptionHandlerOptions: { constraints: AUDIO_ONLY } });
+    // earlyMedia: the gateway never forks towards us, so a 183's answer is the call's answer.
+    const inviter = new Inviter(ua, uri, { earlyMedia: true, sessionDescriptionHandlerOptions: { constraints: AUDIO_ONLY } });
     this.#adopt(inviter, 'outgoing', uri.user ?? uri.toString());
     this.#setCall('calling');
     try {
@@ -263,7 +264,16 @@ export class Phone {
         requestDelegate: {
           onProgress: (res) => {
             const code = res.message.statusCode ?? 0;
-            if (this.#session === inviter && this.status.call === 'calling' && code >= 180 && code <= 183) {
+            if (this.#session !== inviter || code < 180 || code > 183) return;
+            const sdh = inviter.sessionDescriptionHandler;
+            if (res.message.body && sdh instanceof Web.SessionDescriptionHandler) {
+              // Early media: the far end plays its own ringback or announcement; ours would mask it.
+              this.tones.stop();
+              if (this.status.call === 'calling') this.#setCall('ringback');
+              this.#event('early-media');
+              this.onRemoteStream(sdh.remoteMediaStream);
+              this.#startStats(sdh);
+            } else if (this.status.call === 'calling') {
               this.#setCall('ringback');
               this.tones.play('ringback');
             }

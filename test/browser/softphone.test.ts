@@ -102,6 +102,25 @@ describe('web softphone in Chromium', function () {
     await assertClean(gw);
   });
 
+  it("plays the trunk's early media (183 with SDP) instead of its own ringback, then the call goes on", async () => {
+    sipp = await startSipp({ scenario: 'uas-early-media', keys: { early_ms: '4000' }, traceMsg: true });
+    gw = await startGateway({ trunkPort: sipp.port });
+    const p = await openAs('alice');
+    await p.dial('5551000');
+    // SIPp plays g711a.pcap (speech) during the 4 s before its 200.
+    const early = await p.waitFor(
+      (st) => st.call === 'ringback' && (st.stats?.packetsReceived ?? 0) > 25 && (st.stats?.totalAudioEnergy ?? 0) > 0,
+      'early audio with energy while still ringing',
+    );
+    assert.ok(early.events.includes('early-media'), early.events.join(' '));
+    assert.ok(!early.events.includes('tone:ringback'), `no local ringback over the far end's: ${early.events.join(' ')}`);
+    assert.equal(early.stats!.codec, 'PCMA/8000');
+    await p.waitFor((s) => s.call === 'in-call', 'the answer');
+    await hangUpFromPage(p);
+    await byeReceivedBySipp(sipp);
+    await assertClean(gw);
+  });
+
   it('rings on a call from the trunk; Answer connects audio both ways; the SIP side hangs up', async () => {
     gw = await startGateway({ trunkPort: 9 }); // inbound only: trunks are recognised by source address
     const p = await openAs('alice');
