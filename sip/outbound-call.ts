@@ -9,6 +9,11 @@ import type { Flow } from './transport/flow.js';
 import { encodeSipUser } from './sip-user.js';
 import { destinationName, flowToDestination, hostPort, nextHop, targetUri, trunkRoutes } from './trunk-target.js';
 
+/** A common UA no-answer limit (RFC 3261 §16.6's "more than 3 minutes" is for proxies' Timer C). */
+const DEFAULT_RING_TIMEOUT_MS = 180_000;
+/** setTimeout's ceiling. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** The UAC side of a call: our INVITE toward a SIP peer (trunk, PBX). */
 export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundCall, DialogOwner {
   readonly id = `out-${randomToken(6)}`;
@@ -24,6 +29,9 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
   /** Destinations not tried yet (RFC 3263 failover). */
   #destinations: Destination[] = [];
   #failoverTimer: NodeJS.Timeout | undefined;
+  /** Bounds ringing: Timer B stops at the first provisional response. */
+  #ringTimer: NodeJS.Timeout | undefined;
+  readonly #ringTimeoutMs: number;
   /** Where the current INVITE went ("udp:10.0.0.1:5060"), for logs and the admin API. */
   #destination: string | undefined;
   #dialog: Dialog | undefined;
@@ -35,8 +43,11 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
 
   constructor(ctx: StackContext, opts: OutboundCallOptions) {
     super(ctx.log);
+    const ring = opts.ringTimeoutMs ?? DEFAULT_RING_TIMEOUT_MS;
+    if (typeof ring !== 'number' || !(ring > 0)) throw new TypeError('ringTimeoutMs must be a positive number');
     this.#ctx = ctx;
     this.#opts = opts;
+    this.#ringTimeoutMs = Math.min(ring, MAX_TIMER_MS);
   }
 
   get destination(): string | undefined {
@@ -52,6 +63,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
     // Let the caller of createCall() attach its listeners before any outcome, even an immediate one.
     await Promise.resolve();
     if (this.#ended) return;
+    this.#ringTimer = setTimeout(() => this.#onRingTimeout(), this.#ringTimeoutMs);
     const { target } = this.#opts;
     const o = this.#opts;
     if ('contact' in target) {
@@ -199,9 +211,21 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
       this.#sendBye(this.#dialog, opts.reasonHeader);
       return;
     }
-    this.#cancelPending = opts.reasonHeader ?? '';
+    this.#cancel({ cause: 'local', reason: opts.reason }, opts.reasonHeader);
+  }
+
+  /** Ends the unanswered leg; CANCEL goes now if a provisional response came, else at the first one (RFC 3261 §9.1). */
+  #cancel(end: LegEnd, reasonHeader: string | undefined): void {
+    this.#cancelPending = reasonHeader ?? '';
     if (this.#state === 'early') this.#sendCancel();
-    this.#end({ cause: 'local', reason: opts.reason });
+    this.#end(end);
+  }
+
+  #onRingTimeout(): void {
+    this.#ringTimer = undefined;
+    if (this.#ended || this.#dialog) return;
+    this.#ctx.log.info({ callId: this.callId, destination: this.#destination, ms: this.#ringTimeoutMs }, 'no answer, cancelling (ring timeout)');
+    this.#cancel({ cause: 'timeout', status: 408, reason: 'no answer (ring timeout)' }, 'SIP;cause=408;text="ring timeout"');
   }
 
   #onResponse(res: ParsedResponse): void {
@@ -250,6 +274,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
     this.#dialog = dialog;
     this.#ctx.registerDialog(dialog, this);
     this.#state = 'confirmed';
+    clearTimeout(this.#ringTimer);
     this.safeEmit('answered', res.msg.body ?? '');
   }
 
@@ -270,6 +295,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
       headers: reason ? [`Reason: ${reason}`] : [],
     });
     this.#ctx.sendRequest(this.#flow, 'CANCEL', inv.branch, text).start();
+    inv.txn.cancelled();
   }
 
   #sendBye(dialog: Dialog, reasonHeader?: string): void {
@@ -290,6 +316,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
     if (this.#ended) return;
     this.#ended = true;
     clearTimeout(this.#failoverTimer);
+    clearTimeout(this.#ringTimer);
     this.#destinations = [];
     this.#state = 'ended';
     if (this.#dialog) this.#ctx.unregisterDialog(this.#dialog);

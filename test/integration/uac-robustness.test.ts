@@ -1,0 +1,104 @@
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import type { LegEnd, OutboundCall, OutboundCallOptions } from '../../sip/backend.js';
+import type { Gateway } from '../../src/gateway.js';
+import { assertClean, requireSipp, startGateway, TEST_PASSWORD, waitFor, wsUrl } from '../support/gateway-harness.js';
+import { formatSippResult, startSipp, type SippOptions, type SippPeer } from '../support/sipp.js';
+import { Softphone } from '../support/softphone.js';
+
+/** A plain RTP offer for calls placed on the SIP layer directly (no media flows in these tests). */
+const OFFER = ['v=0', 'o=- 1 1 IN IP4 127.0.0.1', 's=-', 'c=IN IP4 127.0.0.1', 't=0 0', 'm=audio 40000 RTP/AVP 0', 'a=rtpmap:0 PCMU/8000', ''].join('\r\n');
+
+/**
+ * The outbound (UAC) leg against SIP peers that ring long, never answer, ignore our CANCEL, challenge
+ * more than once or answer late: every call ends once, nothing is left ringing at the peer, and the
+ * gateway holds no call, port or transaction afterwards.
+ */
+describe('UAC robustness: ringing, cancelling, challenges and late answers', function () {
+  this.timeout(60_000);
+
+  let gw: Gateway | undefined;
+  let phone: Softphone | undefined;
+  let sipps: SippPeer[] = [];
+  let legs: OutboundCall[] = [];
+
+  before(requireSipp);
+
+  afterEach(async function () {
+    try {
+      for (const leg of legs) leg.terminate();
+      if (gw) await assertClean(gw);
+    } finally {
+      await phone?.close();
+      await Promise.all(sipps.map((s) => s.stop()));
+      await gw?.close();
+      phone = gw = undefined;
+      sipps = [];
+      legs = [];
+    }
+  });
+
+  async function sipp(opts: SippOptions): Promise<SippPeer> {
+    const peer = await startSipp({ transport: 'udp', calls: 1, traceMsg: true, ...opts });
+    sipps.push(peer);
+    return peer;
+  }
+
+  /** An INVITE from the gateway's SIP layer straight to `peer`, bypassing the call controller. */
+  function placeCall(g: Gateway, peer: SippPeer, extra: Partial<OutboundCallOptions> = {}): { leg: OutboundCall; ended: Promise<LegEnd> } {
+    const leg = g.sip.createCall({
+      target: { trunk: { target: { host: '127.0.0.1', port: peer.port, transport: 'udp' } } },
+      toUser: '1000',
+      fromUser: 'alice',
+      offer: OFFER,
+      ...extra,
+    });
+    legs.push(leg);
+    const ended = once(leg, 'ended').then(([end]) => end as LegEnd);
+    return { leg, ended };
+  }
+
+  const received = async (peer: SippPeer, method: string) =>
+    (await peer.messages()).filter((m) => m.kind === 'received' && m.method === method);
+
+  describe('Timer B and ringing', () => {
+    it('answers a call that rings longer than 64*T1: Timer B stops at the 180', async () => {
+      // T1 50 ms: Timer B is 3.2 s; the trunk answers 4 s after its 180.
+      const uas = await sipp({ scenario: 'uas-ring-then-answer', keys: { ring_ms: '4000' } });
+      gw = await startGateway({ trunkPort: uas.port, t1: 50 });
+      phone = await Softphone.connect({ server: wsUrl(gw), user: 'alice', domain: '127.0.0.1', password: TEST_PASSWORD });
+      const call = phone.call('sip:1000@127.0.0.1');
+      await call.established;
+      assert.deepEqual(await call.hangup(), { method: 'BYE', statusCode: 200 });
+      const done = await uas.done;
+      assert.equal(done.code, 0, formatSippResult(done));
+    });
+
+    it('cancels a call still ringing at ringTimeoutMs and ends the leg with 408', async () => {
+      const uas = await sipp({ scenario: 'uas-ring-no-answer' });
+      gw = await startGateway({ trunkPort: uas.port, t1: 50 });
+      const { ended } = placeCall(gw, uas, { ringTimeoutMs: 1500 });
+      const end = await ended;
+      assert.deepEqual(end, { cause: 'timeout', status: 408, reason: 'no answer (ring timeout)' });
+      const done = await uas.done;
+      assert.equal(done.code, 0, `the trunk got CANCEL and our ACK for its 487: ${formatSippResult(done)}`);
+      const [cancel] = await received(uas, 'CANCEL');
+      assert.ok(cancel, 'CANCEL sent');
+      assert.match(cancel.text, /\r\nReason: SIP;cause=408;text="ring timeout"/);
+    });
+
+    it('forgets a cancelled INVITE transaction 64*T1 after the CANCEL when the peer never sends a final response', async () => {
+      const uas = await sipp({ scenario: 'uas-ring-ignore-cancel' });
+      gw = await startGateway({ trunkPort: uas.port, t1: 50 });
+      const g = gw;
+      const { leg, ended } = placeCall(g, uas);
+      await new Promise<void>((resolve) => leg.on('progress', (status) => status === 180 && resolve()));
+      leg.terminate();
+      assert.equal((await ended).cause, 'local');
+      const done = await uas.done;
+      assert.equal(done.code, 0, formatSippResult(done));
+      // The CANCEL's own transaction lingers T4 (500 ms), the INVITE's 64*T1 (3.2 s) after the CANCEL.
+      await waitFor(() => g.sip.stats().transactions === 0, 'no client transaction left', 8000);
+    });
+  });
+});
