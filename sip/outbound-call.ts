@@ -200,6 +200,9 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
     if (!authorization) return false;
     this.#authTried = true;
     this.#cseq++;
+    // A new INVITE transaction: CANCEL waits for a provisional response to it, not to the challenged one (§9.1).
+    this.#state = 'calling';
+    this.#cancelSent = false;
     this.#sendInvite(this.#flow, inv.ruri, inv.from, inv.to, [authorization]);
     return true;
   }

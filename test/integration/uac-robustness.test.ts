@@ -61,6 +61,15 @@ describe('UAC robustness: ringing, cancelling, challenges and late answers', fun
   const received = async (peer: SippPeer, method: string) =>
     (await peer.messages()).filter((m) => m.kind === 'received' && m.method === method);
 
+  /** Polls SIPp's message log (written as messages come) until it received `count` requests of `method`. */
+  async function untilReceived(peer: SippPeer, method: string, count: number): Promise<void> {
+    const deadline = Date.now() + 10_000;
+    while ((await received(peer, method)).length < count) {
+      if (Date.now() > deadline) throw new Error(`SIPp did not receive ${count} ${method} in time`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
   describe('Timer B and ringing', () => {
     it('answers a call that rings longer than 64*T1: Timer B stops at the 180', async () => {
       // T1 50 ms: Timer B is 3.2 s; the trunk answers 4 s after its 180.
@@ -99,6 +108,27 @@ describe('UAC robustness: ringing, cancelling, challenges and late answers', fun
       assert.equal(done.code, 0, formatSippResult(done));
       // The CANCEL's own transaction lingers T4 (500 ms), the INVITE's 64*T1 (3.2 s) after the CANCEL.
       await waitFor(() => g.sip.stats().transactions === 0, 'no client transaction left', 8000);
+    });
+  });
+
+  describe('challenges', () => {
+    it('holds the CANCEL for a re-sent INVITE until a provisional response to it, even after 100 Trying to the challenged one', async () => {
+      const uas = await sipp({ scenario: 'uas-auth-then-ring', transport: 'tcp', keys: { ring_delay_ms: '1000' } });
+      gw = await startGateway({ trunkPort: uas.port, trunkTransport: 'tcp' });
+      const { leg, ended } = placeCall(gw, uas, {
+        target: { trunk: { target: { host: '127.0.0.1', port: uas.port, transport: 'tcp' } } },
+        credentials: { username: 'gwtrunk', password: 'trunk-secret' },
+      });
+      // Hang up while the INVITE with credentials has no response yet (the trunk is silent for 1 s).
+      await untilReceived(uas, 'INVITE', 2);
+      leg.terminate();
+      assert.equal((await ended).cause, 'local');
+      const done = await uas.done;
+      assert.equal(done.code, 0, `CANCEL came only after the 180: ${formatSippResult(done)}`);
+      const invites = await received(uas, 'INVITE');
+      const [cancel] = await received(uas, 'CANCEL');
+      assert.match(invites[1]!.text, /\r\nProxy-Authorization: Digest /);
+      assert.equal(cancel?.cseq?.seq, invites[1]!.cseq?.seq, 'the CANCEL is for the INVITE with credentials');
     });
   });
 });

@@ -26,6 +26,7 @@ export type SippScenarioName =
   | 'uas-ring-no-answer'
   | 'uas-ring-then-answer'
   | 'uas-ring-ignore-cancel'
+  | 'uas-auth-then-ring'
   | 'uas-silent'
   | 'uas-registrar'
   | 'uas-registrar-busy'
@@ -144,6 +145,7 @@ const SCENARIO_DEFAULTS: Readonly<Record<SippScenarioName, ScenarioDefaults>> = 
   'uas-ring-no-answer': { keys: (o) => ({ linger: linger(o) }) },
   'uas-ring-then-answer': { keys: () => ({ ring_ms: '4000', pt: '0', codec: 'PCMU' }) },
   'uas-ring-ignore-cancel': { keys: () => ({}) },
+  'uas-auth-then-ring': { keys: () => ({ ring_delay_ms: '1000' }) },
   // -nd: nothing at all may be sent, not even for a call SIPp aborts.
   'uas-silent': { keys: () => ({ silent_ms: '5000' }), args: ['-nd'] },
   'uac-self-test': { keys: (o) => ({ mode: 'answer', hold_ms: '500', linger_ms: lingerMs(o) }) },
