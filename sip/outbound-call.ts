@@ -94,7 +94,9 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
 
   #from(flow: Flow): string {
     const o = this.#opts;
-    const display = o.fromDisplayName ? `"${o.fromDisplayName.replace(/["\\]/g, '')}" ` : '';
+    // Free text: quotes, backslashes and control characters would end the quoted string or the line.
+    // eslint-disable-next-line no-control-regex
+    const display = o.fromDisplayName ? `"${o.fromDisplayName.replace(/["\\]/g, '').replace(/[\x00-\x1f\x7f]+/g, ' ')}" ` : '';
     return `${display}<sip:${encodeSipUser(o.fromUser)}@${o.fromDomain ?? this.#ctx.domain(flow)}>;tag=${this.#localTag}`;
   }
 
@@ -159,19 +161,27 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
     const branch = newBranch();
     const via = this.#ctx.via(flow, branch);
     const cseq = this.#cseq;
-    const text = buildRequest({
-      method: 'INVITE',
-      ruri,
-      via,
-      from,
-      to,
-      callId: this.callId,
-      cseq,
-      contact: this.#ctx.contact(flow),
-      routes: route,
-      headers: ['Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO', ...authHeaders, ...(o.headers ?? [])],
-      body: o.offer,
-    });
+    let text: string;
+    try {
+      text = buildRequest({
+        method: 'INVITE',
+        ruri,
+        via,
+        from,
+        to,
+        callId: this.callId,
+        cseq,
+        contact: this.#ctx.contact(flow),
+        routes: route,
+        headers: ['Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO', ...authHeaders, ...(o.headers ?? [])],
+        body: o.offer,
+      });
+    } catch (err) {
+      // A part from outside (a number, a domain, a header) would break the message: nothing is sent.
+      this.#ctx.log.warn({ callId: this.callId, err: (err as Error).message }, 'INVITE not sent: invalid request');
+      this.#end({ cause: 'local', status: 400, reason: `invalid request: ${(err as Error).message}` });
+      return;
+    }
     const buildAck = (res: ParsedResponse) =>
       buildRequest({ method: 'ACK', ruri, via, from, to: res.msg.getHeader('to') ?? to, callId: this.callId, cseq, routes: route });
     const txn = this.#ctx.sendRequest(flow, 'INVITE', branch, text, buildAck);
@@ -286,17 +296,16 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
     if (!inv || this.#cancelSent || !this.#flow) return;
     this.#cancelSent = true;
     const reason = this.#cancelPending;
-    const text = buildRequest({
-      method: 'CANCEL',
-      ruri: inv.ruri,
-      via: inv.via,
-      from: inv.from,
-      to: inv.to,
-      callId: this.callId,
-      cseq: this.#cseq,
-      routes: inv.route,
-      headers: reason ? [`Reason: ${reason}`] : [],
-    });
+    const cancel = (headers: string[]) =>
+      buildRequest({ method: 'CANCEL', ruri: inv.ruri, via: inv.via, from: inv.from, to: inv.to, callId: this.callId, cseq: this.#cseq, routes: inv.route, headers });
+    let text: string;
+    try {
+      text = cancel(reason ? [`Reason: ${reason}`] : []);
+    } catch (err) {
+      // Only the Reason can be at fault (the rest was sent in the INVITE): the CANCEL matters more than it.
+      this.#ctx.log.warn({ callId: this.callId, err: (err as Error).message }, 'Reason left out of the CANCEL');
+      text = cancel([]);
+    }
     this.#ctx.sendRequest(this.#flow, 'CANCEL', inv.branch, text).start();
     inv.txn.cancelled();
   }

@@ -1,8 +1,10 @@
 import assert from 'node:assert/strict';
+import type dgram from 'node:dgram';
 import { once } from 'node:events';
 import type { LegEnd, OutboundCall, OutboundCallOptions } from '../../sip/backend.js';
 import type { Gateway } from '../../src/gateway.js';
 import { assertClean, requireSipp, startGateway, TEST_PASSWORD, waitFor, wsUrl } from '../support/gateway-harness.js';
+import { bindUdp, closeUdp } from '../support/ports.js';
 import { formatSippResult, startSipp, type SippOptions, type SippPeer } from '../support/sipp.js';
 import { Softphone } from '../support/softphone.js';
 
@@ -21,6 +23,7 @@ describe('UAC robustness: ringing, cancelling, challenges and late answers', fun
   let phone: Softphone | undefined;
   let sipps: SippPeer[] = [];
   let legs: OutboundCall[] = [];
+  let sockets: dgram.Socket[] = [];
 
   before(requireSipp);
 
@@ -31,10 +34,12 @@ describe('UAC robustness: ringing, cancelling, challenges and late answers', fun
     } finally {
       await phone?.close();
       await Promise.all(sipps.map((s) => s.stop()));
+      await Promise.all(sockets.map((s) => closeUdp(s)));
       await gw?.close();
       phone = gw = undefined;
       sipps = [];
       legs = [];
+      sockets = [];
     }
   });
 
@@ -44,8 +49,17 @@ describe('UAC robustness: ringing, cancelling, challenges and late answers', fun
     return peer;
   }
 
+  /** A UDP socket on 127.0.0.1 keeping every datagram it gets, never answering. */
+  async function listener(): Promise<{ port: number; received: string[] }> {
+    const socket = await bindUdp(0);
+    sockets.push(socket);
+    const received: string[] = [];
+    socket.on('message', (m) => received.push(m.toString('utf8')));
+    return { port: socket.address().port, received };
+  }
+
   /** An INVITE from the gateway's SIP layer straight to `peer`, bypassing the call controller. */
-  function placeCall(g: Gateway, peer: SippPeer, extra: Partial<OutboundCallOptions> = {}): { leg: OutboundCall; ended: Promise<LegEnd> } {
+  function placeCall(g: Gateway, peer: { port: number }, extra: Partial<OutboundCallOptions> = {}): { leg: OutboundCall; ended: Promise<LegEnd> } {
     const leg = g.sip.createCall({
       target: { trunk: { target: { host: '127.0.0.1', port: peer.port, transport: 'udp' } } },
       toUser: '1000',
@@ -130,5 +144,28 @@ describe('UAC robustness: ringing, cancelling, challenges and late answers', fun
       assert.match(invites[1]!.text, /\r\nProxy-Authorization: Digest /);
       assert.equal(cancel?.cseq?.seq, invites[1]!.cseq?.seq, 'the CANCEL is for the INVITE with credentials');
     });
+  });
+
+  describe('bad input', () => {
+    const cases: Array<[string, Partial<OutboundCallOptions>]> = [
+      ['a From domain', { fromDomain: 'example.com>\r\nX-Injected: yes\r\nX-Tail: <sip:x' }],
+      ['an extra header', { headers: ['X-Account: 42\r\nX-Injected: yes'] }],
+      ['a NUL in an extra header', { headers: ['X-Account: 4\u00002'] }],
+    ];
+    for (const [what, extra] of cases) {
+      it(`ends the leg with 400 and sends nothing when ${what} would break a line of the INVITE`, async () => {
+        const peer = await listener();
+        gw = await startGateway({ trunkPort: peer.port });
+        const { ended } = placeCall(gw, peer, extra);
+        const end = await ended;
+        assert.equal(end.cause, 'local');
+        assert.equal(end.status, 400);
+        assert.match(end.reason ?? '', /^invalid request: .*CR, LF or NUL/);
+        assert.equal(gw.sip.stats().transactions, 0, 'no INVITE transaction was started');
+        // Nothing went out, not even a part of the INVITE (a sent one would have had a transaction above).
+        await new Promise((r) => setTimeout(r, 100));
+        assert.deepEqual(peer.received, []);
+      });
+    }
   });
 });
