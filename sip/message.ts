@@ -1,4 +1,5 @@
 import { answerChallenge, pickChallenge, type DigestCredentials } from './digest.js';
+import type { ChallengeKind } from './digest-client.js';
 import {
   Grammar,
   IncomingRequestMessage,
@@ -226,14 +227,26 @@ export function parseUri(s: string): URI | undefined {
   return u instanceof URI ? u : undefined;
 }
 
-/** Every value of a header in a raw message's head, in order (sip.js keeps only the last challenge header). */
+/**
+ * Every value of a header in a raw message's head, in order (sip.js keeps only the last challenge header).
+ * RFC 3261 §7.3.1: whitespace may stand before the colon, and a value may be folded over several lines.
+ */
 export function headerValues(raw: string, name: string): string[] {
-  const end = raw.indexOf('\r\n\r\n');
-  const prefix = `${name.toLowerCase()}:`;
-  return (end < 0 ? raw : raw.slice(0, end))
-    .split('\r\n')
-    .filter((l) => l.toLowerCase().startsWith(prefix))
-    .map((l) => l.slice(prefix.length).trim());
+  const end = /\r?\n\r?\n/.exec(raw);
+  const head = (end ? raw.slice(0, end.index) : raw).replace(FOLD, ' ');
+  const wanted = name.toLowerCase();
+  const out: string[] = [];
+  for (const line of head.split(/\r?\n/)) {
+    const colon = line.indexOf(':');
+    if (colon > 0 && line.slice(0, colon).trimEnd().toLowerCase() === wanted) out.push(line.slice(colon + 1).trim());
+  }
+  return out;
+}
+
+/** The digest challenges of a 401 (WWW-Authenticate) or 407 (Proxy-Authenticate). */
+export function challengesOf(res: { status: number; msg: { data: string } }): { kind: ChallengeKind; values: string[] } {
+  const kind: ChallengeKind = res.status === 407 ? 'proxy' : 'www';
+  return { kind, values: headerValues(res.msg.data, kind === 'proxy' ? 'Proxy-Authenticate' : 'WWW-Authenticate') };
 }
 
 /**
@@ -241,10 +254,10 @@ export function headerValues(raw: string, name: string): string[] {
  * when no challenge in it can be answered with `creds`.
  */
 export function authorizationFor(res: { status: number; msg: { data: string } }, creds: DigestCredentials, req: { method: string; uri: string }): string | undefined {
-  const proxy = res.status === 407;
-  const challenge = pickChallenge(headerValues(res.msg.data, proxy ? 'Proxy-Authenticate' : 'WWW-Authenticate'), creds);
+  const { kind, values } = challengesOf(res);
+  const challenge = pickChallenge(values, creds);
   const answer = challenge ? answerChallenge(challenge, creds, req) : undefined;
-  return answer ? `${proxy ? 'Proxy-Authorization' : 'Authorization'}: ${answer.header}` : undefined;
+  return answer ? `${kind === 'proxy' ? 'Proxy-Authorization' : 'Authorization'}: ${answer.header}` : undefined;
 }
 
 export function randomToken(bytes = 8): string {

@@ -2,7 +2,8 @@ import { SafeEmitter } from '../src/util/safe-emitter.js';
 import type { Destination, LegEnd, LegEvents, LegState, OutboundCall, OutboundCallOptions, TerminateOptions } from './backend.js';
 import { Dialog } from './dialog.js';
 import { handleInDialogRequest, sendBye } from './in-dialog.js';
-import { authorizationFor, buildRequest, newBranch, randomToken, type ParsedRequest, type ParsedResponse } from './message.js';
+import { DigestClient } from './digest-client.js';
+import { buildRequest, challengesOf, newBranch, randomToken, type ParsedRequest, type ParsedResponse } from './message.js';
 import type { DialogOwner, StackContext } from './stack-context.js';
 import type { ClientTransaction, ServerTransaction } from './transactions.js';
 import type { Flow } from './transport/flow.js';
@@ -25,7 +26,8 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
   #localTag = randomToken(6);
   #cseq = 1;
   #flow: Flow | undefined;
-  #invite: { branch: string; via: string; ruri: string; from: string; to: string; route: string[]; txn: ClientTransaction } | undefined;
+  /** The INVITE in progress; `auth` are its credentials, which the ACK for its 2xx repeats (RFC 3261 §13.2.2.4). */
+  #invite: { branch: string; via: string; ruri: string; from: string; to: string; route: string[]; auth: string[]; txn: ClientTransaction } | undefined;
   /** Destinations not tried yet (RFC 3263 failover). */
   #destinations: Destination[] = [];
   #failoverTimer: NodeJS.Timeout | undefined;
@@ -38,8 +40,8 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
   /** CANCEL must wait for a provisional response (RFC 3261 §9.1). */
   #cancelPending: string | undefined;
   #cancelSent = false;
-  /** A challenge is answered once; a second one ends the call. */
-  #authTried = false;
+  /** Answers to the challenges to this destination's INVITEs so far (one per kind and realm, RFC 3261 §22.3). */
+  #digest: DigestClient | undefined;
 
   constructor(ctx: StackContext, opts: OutboundCallOptions) {
     super(ctx.log);
@@ -132,7 +134,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
       const route = trunkRoutes(trunk);
       if (this.#invite) this.#cseq++;
       // A new attempt starts from scratch: no provisional response yet (CANCEL waits for one), no challenge answered.
-      this.#authTried = false;
+      this.#digest = undefined;
       this.#state = 'calling';
       this.#cancelSent = false;
       this.#sendInvite(flow, ruri, from, to, [], route);
@@ -156,7 +158,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
   }
 
   /** Sends (or re-sends with credentials, RFC 3261 §22.2) the INVITE in a new client transaction. */
-  #sendInvite(flow: Flow, ruri: string, from: string, to: string, authHeaders: string[], route = this.#invite?.route ?? []): void {
+  #sendInvite(flow: Flow, ruri: string, from: string, to: string, auth: string[], route = this.#invite?.route ?? []): void {
     const o = this.#opts;
     const branch = newBranch();
     const via = this.#ctx.via(flow, branch);
@@ -173,7 +175,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
         cseq,
         contact: this.#ctx.contact(flow),
         routes: route,
-        headers: ['Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO', ...authHeaders, ...(o.headers ?? [])],
+        headers: ['Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO', ...auth, ...(o.headers ?? [])],
         body: o.offer,
       });
     } catch (err) {
@@ -185,7 +187,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
     const buildAck = (res: ParsedResponse) =>
       buildRequest({ method: 'ACK', ruri, via, from, to: res.msg.getHeader('to') ?? to, callId: this.callId, cseq, routes: route });
     const txn = this.#ctx.sendRequest(flow, 'INVITE', branch, text, buildAck);
-    const invite = { branch, via, ruri, from, to, route, txn };
+    const invite = { branch, via, ruri, from, to, route, auth, txn };
     this.#invite = invite;
     txn.on('response', (res) => this.#onResponse(res));
     txn.on('timeout', () => {
@@ -201,19 +203,23 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
     txn.start();
   }
 
-  /** Answers a 401/407 to our INVITE once with the trunk's credentials; true if it did. */
+  /**
+   * Re-sends the INVITE answering a 401/407 with the trunk's credentials, keeping the answers to earlier
+   * challenges (a proxy's 407, then the PBX's 401); true if it did, false when the call has failed.
+   */
   #retryWithCredentials(res: ParsedResponse): boolean {
     const creds = this.#opts.credentials;
     const inv = this.#invite;
-    if (!creds || this.#authTried || !inv || !this.#flow || this.#ended) return false;
-    const authorization = authorizationFor(res, creds, { method: 'INVITE', uri: inv.ruri });
-    if (!authorization) return false;
-    this.#authTried = true;
+    if (!creds || !inv || !this.#flow || this.#ended) return false;
+    const digest = (this.#digest ??= new DigestClient(creds));
+    const { kind, values } = challengesOf(res);
+    if (!digest.challenge(kind, values)) return false;
+    const auth = digest.headers({ method: 'INVITE', uri: inv.ruri });
     this.#cseq++;
     // A new INVITE transaction: CANCEL waits for a provisional response to it, not to the challenged one (§9.1).
     this.#state = 'calling';
     this.#cancelSent = false;
-    this.#sendInvite(this.#flow, inv.ruri, inv.from, inv.to, [authorization]);
+    this.#sendInvite(this.#flow, inv.ruri, inv.from, inv.to, auth);
     return true;
   }
 
@@ -277,7 +283,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
     }
     // A new dialog: the first 2xx, a 2xx from another fork, or a 2xx that crossed our CANCEL.
     const dialog = Dialog.asUac(res, inv.from, this.#localTag, this.#cseq, flow, inv.ruri);
-    const ack = dialog.request('ACK', (b) => this.#ctx.via(flow, b), this.#ctx.contact(flow), { cseq: this.#cseq });
+    const ack = dialog.request('ACK', (b) => this.#ctx.via(flow, b), this.#ctx.contact(flow), { cseq: this.#cseq, headers: inv.auth });
     dialog.lastAck = ack.text;
     this.#ctx.sendRaw(flow, ack.text);
     if (this.#ended || this.#dialog) {

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import type dgram from 'node:dgram';
 import { once } from 'node:events';
 import type { LegEnd, OutboundCall, OutboundCallOptions } from '../../sip/backend.js';
@@ -7,6 +8,11 @@ import { assertClean, requireSipp, startGateway, TEST_PASSWORD, waitFor, wsUrl }
 import { bindUdp, closeUdp } from '../support/ports.js';
 import { formatSippResult, startSipp, type SippOptions, type SippPeer } from '../support/sipp.js';
 import { Softphone } from '../support/softphone.js';
+
+const md5 = (s: string) => createHash('md5').update(s).digest('hex');
+/** The RFC 2069 digest (no qop) SIPp's scenarios expect for our INVITE to sip:1000@trunk.sipp.test. */
+const inviteDigest = (realm: string, nonce: string, password = 'trunk-secret') =>
+  md5(`${md5(`gwtrunk:${realm}:${password}`)}:${nonce}:${md5('INVITE:sip:1000@trunk.sipp.test')}`);
 
 /** A plain RTP offer for calls placed on the SIP layer directly (no media flows in these tests). */
 const OFFER = ['v=0', 'o=- 1 1 IN IP4 127.0.0.1', 's=-', 'c=IN IP4 127.0.0.1', 't=0 0', 'm=audio 40000 RTP/AVP 0', 'a=rtpmap:0 PCMU/8000', ''].join('\r\n');
@@ -126,6 +132,54 @@ describe('UAC robustness: ringing, cancelling, challenges and late answers', fun
   });
 
   describe('challenges', () => {
+    /** A gateway whose trunk is trunk.sipp.test reached through SIPp as outbound proxy, so the digest SIPp expects does not depend on its port. */
+    async function gatewayBehindProxy(uas: SippPeer, password = 'trunk-secret'): Promise<Gateway> {
+      gw = await startGateway({
+        trunkPort: uas.port,
+        trunk: { host: 'trunk.sipp.test', port: undefined, addresses: ['127.0.0.1'], outboundProxy: { host: '127.0.0.1', port: uas.port }, username: 'gwtrunk', password },
+      });
+      phone = await Softphone.connect({ server: wsUrl(gw), user: 'alice', domain: '127.0.0.1', password: TEST_PASSWORD });
+      return gw;
+    }
+
+    it('retries once with the new nonce when a challenge to our credentials says stale=true', async () => {
+      const keys = { nonce1: `a${Date.now().toString(36)}`, nonce2: `b${Date.now().toString(36)}` };
+      const uas = await sipp({
+        scenario: 'uas-auth-stale',
+        keys: { ...keys, expected1: inviteDigest('sipp.test', keys.nonce1), expected2: inviteDigest('sipp.test', keys.nonce2), pt: '0', codec: 'PCMU' },
+      });
+      await gatewayBehindProxy(uas);
+      const call = phone!.call('sip:1000@127.0.0.1');
+      await call.established;
+      await call.hangup();
+      const done = await uas.done;
+      assert.equal(done.code, 0, formatSippResult(done));
+      const invites = await received(uas, 'INVITE');
+      assert.equal(invites.length, 3);
+      assert.equal(invites[2]!.text.match(/\r\nAuthorization: /g)?.length, 1, 'only the answer to the new nonce');
+      assert.match(invites[2]!.text, new RegExp(`\\r\\nAuthorization: Digest [^\\r]*nonce="${keys.nonce2}"`));
+    });
+
+    it("answers a proxy's 407 and then the PBX's 401: the third INVITE and its ACK carry both credentials", async () => {
+      const keys = { proxy_nonce: `p${Date.now().toString(36)}`, pbx_nonce: `w${Date.now().toString(36)}` };
+      const uas = await sipp({
+        scenario: 'uas-auth-chain',
+        keys: { ...keys, expected_proxy: inviteDigest('proxy.sipp.test', keys.proxy_nonce), expected_pbx: inviteDigest('pbx.sipp.test', keys.pbx_nonce), pt: '0', codec: 'PCMU' },
+      });
+      await gatewayBehindProxy(uas);
+      const call = phone!.call('sip:1000@127.0.0.1');
+      await call.established;
+      assert.deepEqual(await call.hangup(), { method: 'BYE', statusCode: 200 });
+      const done = await uas.done;
+      assert.equal(done.code, 0, formatSippResult(done));
+      const invites = await received(uas, 'INVITE');
+      assert.equal(invites.length, 3);
+      assert.match(invites[2]!.text, /\r\nProxy-Authorization: Digest username="gwtrunk", realm="proxy\.sipp\.test"/);
+      assert.match(invites[2]!.text, /\r\nAuthorization: Digest username="gwtrunk", realm="pbx\.sipp\.test"/);
+      const seqs = invites.map((m) => m.cseq!.seq);
+      assert.ok(seqs[0]! < seqs[1]! && seqs[1]! < seqs[2]!, `each retry has a higher CSeq: ${seqs.join(', ')}`);
+    });
+
     it('holds the CANCEL for a re-sent INVITE until a provisional response to it, even after 100 Trying to the challenged one', async () => {
       const uas = await sipp({ scenario: 'uas-auth-then-ring', transport: 'tcp', keys: { ring_delay_ms: '1000' } });
       gw = await startGateway({ trunkPort: uas.port, trunkTransport: 'tcp' });

@@ -27,6 +27,8 @@ export type SippScenarioName =
   | 'uas-ring-then-answer'
   | 'uas-ring-ignore-cancel'
   | 'uas-auth-then-ring'
+  | 'uas-auth-chain'
+  | 'uas-auth-stale'
   | 'uas-silent'
   | 'uas-registrar'
   | 'uas-registrar-busy'
@@ -146,6 +148,9 @@ const SCENARIO_DEFAULTS: Readonly<Record<SippScenarioName, ScenarioDefaults>> = 
   'uas-ring-then-answer': { keys: () => ({ ring_ms: '4000', pt: '0', codec: 'PCMU' }) },
   'uas-ring-ignore-cancel': { keys: () => ({}) },
   'uas-auth-then-ring': { keys: () => ({ ring_delay_ms: '1000' }) },
+  // The nonces and expected digests come from each test.
+  'uas-auth-chain': { keys: () => ({ pt: '0', codec: 'PCMU' }) },
+  'uas-auth-stale': { keys: () => ({ pt: '0', codec: 'PCMU' }) },
   // -nd: nothing at all may be sent, not even for a call SIPp aborts.
   'uas-silent': { keys: () => ({ silent_ms: '5000' }), args: ['-nd'] },
   'uac-self-test': { keys: (o) => ({ mode: 'answer', hold_ms: '500', linger_ms: lingerMs(o) }) },

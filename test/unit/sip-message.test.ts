@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { buildRequest, buildResponse, parseSipMessage, splitHeaderList, type RequestParts } from '../../sip/message.js';
+import { buildRequest, buildResponse, challengesOf, headerValues, parseSipMessage, splitHeaderList, type RequestParts } from '../../sip/message.js';
 
 const base = (first: string, extra: string[] = [], cseq = '1 INVITE') =>
   [first, 'Via: SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bKabc;rport', 'From: "A, B" <sip:a@x>;tag=1', 'To: <sip:b@x>', 'Call-ID: abc', `CSeq: ${cseq}`, ...extra, 'Content-Length: 0', '', ''].join('\r\n');
@@ -117,5 +117,35 @@ describe('SIP message building: no part may break a line (defence against header
     assert.match(r, /\r\nTo: <sip:b@x>  ?;x=1;tag=t\r\n/);
     assert.doesNotMatch(r, /\r\nX-Injected/);
     assert.throws(() => buildResponse(req.msg, 503, { headers: ['Retry-After: 5\r\nX-Injected: yes'] }), TypeError);
+  });
+});
+
+describe('headerValues: every value of a header in a raw message (RFC 3261 §7.3.1)', () => {
+  it('finds names in any case, with whitespace before the colon, and unfolds folded values', () => {
+    const raw = [
+      'SIP/2.0 401 Unauthorized',
+      'Via: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKx',
+      'WWW-Authenticate : Digest realm="a", nonce="1"',
+      'www-authenticate:Digest realm="b",',
+      '  nonce="2",\talgorithm=MD5',
+      'WWW-Authenticate\t: Digest realm="c",',
+      '\tnonce="3"',
+      'X-WWW-Authenticate: Digest realm="not this one", nonce="4"',
+      'Content-Length: 0',
+      '',
+      'WWW-Authenticate: in the body, not a header',
+    ].join('\r\n');
+    assert.deepEqual(headerValues(raw, 'WWW-Authenticate'), [
+      'Digest realm="a", nonce="1"',
+      'Digest realm="b", nonce="2",\talgorithm=MD5',
+      'Digest realm="c", nonce="3"',
+    ]);
+  });
+
+  it('takes a 407 challenge folded over lines, as sip.js parses the response', () => {
+    const raw = base('SIP/2.0 407 Proxy Authentication Required', ['Proxy-Authenticate  :  Digest realm="p",\r\n nonce="n"']);
+    const p = parseSipMessage(raw);
+    if (p.kind !== 'response') return assert.fail('expected a response');
+    assert.deepEqual(challengesOf(p), { kind: 'proxy', values: ['Digest realm="p", nonce="n"'] });
   });
 });
