@@ -15,6 +15,22 @@ const DEFAULT_RING_TIMEOUT_MS = 180_000;
 /** setTimeout's ceiling. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
+/** One INVITE we sent: each attempt (destination, answer to a challenge) is a new one, in its own transaction. */
+interface Invite {
+  branch: string;
+  via: string;
+  ruri: string;
+  from: string;
+  to: string;
+  route: string[];
+  /** Its credentials, which the ACK for its 2xx repeats (RFC 3261 §13.2.2.4). */
+  auth: string[];
+  cseq: number;
+  flow: Flow;
+  txn: ClientTransaction;
+  cancelSent: boolean;
+}
+
 /** The UAC side of a call: our INVITE toward a SIP peer (trunk, PBX). */
 export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundCall, DialogOwner {
   readonly id = `out-${randomToken(6)}`;
@@ -25,9 +41,8 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
   #opts: OutboundCallOptions;
   #localTag = randomToken(6);
   #cseq = 1;
-  #flow: Flow | undefined;
-  /** The INVITE in progress; `auth` are its credentials, which the ACK for its 2xx repeats (RFC 3261 §13.2.2.4). */
-  #invite: { branch: string; via: string; ruri: string; from: string; to: string; route: string[]; auth: string[]; txn: ClientTransaction } | undefined;
+  /** The INVITE in progress; responses to earlier ones are stray (see #onStrayResponse). */
+  #invite: Invite | undefined;
   /** Destinations not tried yet (RFC 3263 failover). */
   #destinations: Destination[] = [];
   #failoverTimer: NodeJS.Timeout | undefined;
@@ -39,7 +54,6 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
   #dialog: Dialog | undefined;
   /** CANCEL must wait for a provisional response (RFC 3261 §9.1). */
   #cancelPending: string | undefined;
-  #cancelSent = false;
   /** Answers to the challenges to this destination's INVITEs so far (one per kind and realm, RFC 3261 §22.3). */
   #digest: DigestClient | undefined;
 
@@ -75,7 +89,6 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
         this.#end({ cause: 'transport', status: 480, reason: 'the contact is no longer connected' });
         return;
       }
-      this.#flow = flow;
       this.#sendInvite(flow, target.contact.uri, this.#from(flow), `<sip:${encodeSipUser(o.toUser)}@${this.#ctx.domain(flow)}>`, []);
       return;
     }
@@ -126,7 +139,6 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
         continue;
       }
       if (this.#ended) return;
-      this.#flow = flow;
       this.#destination = destinationName(dest);
       const ruri = targetUri(trunk.target, o.toUser);
       const to = this.#invite?.to ?? `<sip:${encodeSipUser(o.toUser)}@${hostPort(trunk.target)}>`;
@@ -136,14 +148,16 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
       // A new attempt starts from scratch: no provisional response yet (CANCEL waits for one), no challenge answered.
       this.#digest = undefined;
       this.#state = 'calling';
-      this.#cancelSent = false;
       this.#sendInvite(flow, ruri, from, to, [], route);
       this.#armFailover(trunk.failoverTimeoutMs ?? 4000);
       return;
     }
   }
 
-  /** Silence from this destination: abandon its transaction and try the next (the last one keeps Timer B). */
+  /**
+   * Silence from this destination: try the next (the last one keeps Timer B). The silent one's transaction
+   * stays until its Timer B, so that a late answer from it is CANCELled or ended rather than left ringing.
+   */
   #armFailover(ms: number): void {
     clearTimeout(this.#failoverTimer);
     if (this.#destinations.length === 0) return;
@@ -152,7 +166,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
       // Any response (even 100 Trying) moved the transaction on from 'calling': this destination answers.
       if (this.#ended || this.#invite !== inv || inv?.txn.state !== 'calling') return;
       this.#ctx.log.info({ callId: this.callId, destination: this.#destination, ms }, 'no response, failing over');
-      inv?.txn.terminate();
+      inv.txn.abandon();
       void this.#tryNextDestination(`no response from ${this.#destination}`);
     }, ms);
   }
@@ -187,9 +201,9 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
     const buildAck = (res: ParsedResponse) =>
       buildRequest({ method: 'ACK', ruri, via, from, to: res.msg.getHeader('to') ?? to, callId: this.callId, cseq, routes: route });
     const txn = this.#ctx.sendRequest(flow, 'INVITE', branch, text, buildAck);
-    const invite = { branch, via, ruri, from, to, route, auth, txn };
+    const invite: Invite = { branch, via, ruri, from, to, route, auth, cseq, flow, txn, cancelSent: false };
     this.#invite = invite;
-    txn.on('response', (res) => this.#onResponse(res));
+    txn.on('response', (res) => (this.#invite === invite ? this.#onResponse(res) : this.#onStrayResponse(invite, res)));
     txn.on('timeout', () => {
       if (this.#invite !== invite || this.#ended) return;
       if (this.#destinations.length > 0 && txn.state === 'calling') void this.#tryNextDestination(`no response from ${this.#destination}`);
@@ -210,7 +224,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
   #retryWithCredentials(res: ParsedResponse): boolean {
     const creds = this.#opts.credentials;
     const inv = this.#invite;
-    if (!creds || !inv || !this.#flow || this.#ended) return false;
+    if (!creds || !inv || this.#ended) return false;
     const digest = (this.#digest ??= new DigestClient(creds));
     const { kind, values } = challengesOf(res);
     if (!digest.challenge(kind, values)) return false;
@@ -218,8 +232,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
     this.#cseq++;
     // A new INVITE transaction: CANCEL waits for a provisional response to it, not to the challenged one (§9.1).
     this.#state = 'calling';
-    this.#cancelSent = false;
-    this.#sendInvite(this.#flow, inv.ruri, inv.from, inv.to, auth);
+    this.#sendInvite(inv.flow, inv.ruri, inv.from, inv.to, auth);
     return true;
   }
 
@@ -236,7 +249,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
   /** Ends the unanswered leg; CANCEL goes now if a provisional response came, else at the first one (RFC 3261 §9.1). */
   #cancel(end: LegEnd, reasonHeader: string | undefined): void {
     this.#cancelPending = reasonHeader ?? '';
-    if (this.#state === 'early') this.#sendCancel();
+    if (this.#state === 'early' && this.#invite) this.#sendCancel(this.#invite, this.#cancelPending);
     this.#end(end);
   }
 
@@ -249,9 +262,10 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
 
   #onResponse(res: ParsedResponse): void {
     const s = res.status;
+    const inv = this.#invite!;
     if (s < 200) {
       if (this.#cancelPending !== undefined) {
-        this.#sendCancel();
+        this.#sendCancel(inv, this.#cancelPending);
         return;
       }
       if (this.#ended) return;
@@ -270,23 +284,38 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
       this.#end({ cause: 'rejected', status: s, reason: res.msg.reasonPhrase });
       return;
     }
-    this.#on2xx(res);
+    this.#on2xx(inv, res);
   }
 
-  #on2xx(res: ParsedResponse): void {
-    const inv = this.#invite!;
-    const flow = this.#flow!;
+  /**
+   * A response to an INVITE we moved on from (failover after silence): the destination woke up late. A
+   * provisional response is CANCELled, a 2xx ACKed and ended with BYE, so that nothing rings or stays
+   * connected there; the transaction goes away by itself (Timer B, or 64*T1 after the CANCEL).
+   */
+  #onStrayResponse(inv: Invite, res: ParsedResponse): void {
+    if (res.status < 200) {
+      if (!inv.cancelSent) this.#ctx.log.info({ callId: this.callId, status: res.status }, 'late answer from an abandoned destination, cancelling');
+      this.#sendCancel(inv, '');
+    } else if (res.status < 300) {
+      this.#on2xx(inv, res);
+    }
+  }
+
+  #on2xx(inv: Invite, res: ParsedResponse): void {
+    const flow = inv.flow;
     const d = this.#dialog;
-    if (d && d.remoteTag === res.msg.toTag) {
+    const toTag = res.msg.toTag ?? '';
+    if (d && d.remoteTag === toTag) {
       if (d.lastAck) this.#ctx.sendRaw(d.flow, d.lastAck);
       return;
     }
-    // A new dialog: the first 2xx, a 2xx from another fork, or a 2xx that crossed our CANCEL.
-    const dialog = Dialog.asUac(res, inv.from, this.#localTag, this.#cseq, flow, inv.ruri);
-    const ack = dialog.request('ACK', (b) => this.#ctx.via(flow, b), this.#ctx.contact(flow), { cseq: this.#cseq, headers: inv.auth });
+    const release = this.#ended || this.#dialog !== undefined || inv !== this.#invite;
+    // A new dialog: the first 2xx, a 2xx from another fork, from an abandoned destination, or one that crossed our CANCEL.
+    const dialog = Dialog.asUac(res, inv.from, this.#localTag, inv.cseq, flow, inv.ruri);
+    const ack = dialog.request('ACK', (b) => this.#ctx.via(flow, b), this.#ctx.contact(flow), { cseq: inv.cseq, headers: inv.auth });
     dialog.lastAck = ack.text;
     this.#ctx.sendRaw(flow, ack.text);
-    if (this.#ended || this.#dialog) {
+    if (release) {
       this.#sendBye(dialog, 'SIP;cause=487;text="Call terminated"');
       return;
     }
@@ -297,13 +326,12 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
     this.safeEmit('answered', res.msg.body ?? '');
   }
 
-  #sendCancel(): void {
-    const inv = this.#invite;
-    if (!inv || this.#cancelSent || !this.#flow) return;
-    this.#cancelSent = true;
-    const reason = this.#cancelPending;
+  /** CANCELs `inv` once (same branch, CSeq and Route as the INVITE, RFC 3261 §9.1), with an optional RFC 3326 Reason. */
+  #sendCancel(inv: Invite, reason: string | undefined): void {
+    if (inv.cancelSent) return;
+    inv.cancelSent = true;
     const cancel = (headers: string[]) =>
-      buildRequest({ method: 'CANCEL', ruri: inv.ruri, via: inv.via, from: inv.from, to: inv.to, callId: this.callId, cseq: this.#cseq, routes: inv.route, headers });
+      buildRequest({ method: 'CANCEL', ruri: inv.ruri, via: inv.via, from: inv.from, to: inv.to, callId: this.callId, cseq: inv.cseq, routes: inv.route, headers });
     let text: string;
     try {
       text = cancel(reason ? [`Reason: ${reason}`] : []);
@@ -312,7 +340,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
       this.#ctx.log.warn({ callId: this.callId, err: (err as Error).message }, 'Reason left out of the CANCEL');
       text = cancel([]);
     }
-    this.#ctx.sendRequest(this.#flow, 'CANCEL', inv.branch, text).start();
+    this.#ctx.sendRequest(inv.flow, 'CANCEL', inv.branch, text).start();
     inv.txn.cancelled();
   }
 
@@ -327,7 +355,8 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
   onAck(): void {}
 
   on2xxRetransmission(res: ParsedResponse): void {
-    this.#on2xx(res);
+    // Only the dialog we kept is registered with the stack: this re-sends its ACK.
+    if (this.#invite) this.#on2xx(this.#invite, res);
   }
 
   #end(end: LegEnd): void {

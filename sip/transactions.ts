@@ -120,6 +120,14 @@ export class ClientTransaction extends Transaction<ClientTxEvents> {
   }
 
   /**
+   * The TU moved on without this INVITE (failover after silence): stop retransmitting it, but keep matching
+   * responses, so that a late 1xx can be CANCELled and a late 2xx ACKed and ended, until Timer B ends it.
+   */
+  abandon(): void {
+    if (this.isInvite && this.state === 'calling') this.clearTimer('A');
+  }
+
+  /**
    * The TU sent CANCEL for this INVITE: if no final response comes within 64*T1, the transaction is
    * considered cancelled and destroyed (RFC 3261 §9.1), so that it does not wait forever in 'proceeding'.
    */

@@ -4,6 +4,7 @@ import type dgram from 'node:dgram';
 import { once } from 'node:events';
 import type { LegEnd, OutboundCall, OutboundCallOptions } from '../../sip/backend.js';
 import type { Gateway } from '../../src/gateway.js';
+import { TestDnsServer } from '../support/dns-server.js';
 import { assertClean, requireSipp, startGateway, TEST_PASSWORD, waitFor, wsUrl } from '../support/gateway-harness.js';
 import { bindUdp, closeUdp } from '../support/ports.js';
 import { formatSippResult, startSipp, type SippOptions, type SippPeer } from '../support/sipp.js';
@@ -198,6 +199,57 @@ describe('UAC robustness: ringing, cancelling, challenges and late answers', fun
       assert.match(invites[1]!.text, /\r\nProxy-Authorization: Digest /);
       assert.equal(cancel?.cseq?.seq, invites[1]!.cseq?.seq, 'the CANCEL is for the INVITE with credentials');
     });
+  });
+
+  describe('failover after silence', () => {
+    let dns: TestDnsServer;
+    before(async () => {
+      dns = await TestDnsServer.start();
+    });
+    after(() => dns?.close());
+    afterEach(() => dns.reset());
+
+    /**
+     * pbx.test by SRV: priority 10 → a (silent, then late), priority 20 → b (answers at once). T1 is 1 s,
+     * above the 500 ms failover time, so that a gets one INVITE and no retransmission during its silence.
+     */
+    async function failoverGateway(a: SippPeer, b: SippPeer): Promise<{ gw: Gateway; phone: Softphone }> {
+      dns.srv('_sip._udp.pbx.test', [
+        { priority: 10, weight: 0, port: a.port, target: 'a.pbx.test' },
+        { priority: 20, weight: 0, port: b.port, target: 'b.pbx.test' },
+      ]);
+      dns.a('a.pbx.test', ['127.0.0.1']).a('b.pbx.test', ['127.0.0.1']);
+      gw = await startGateway({
+        trunkPort: 9, // replaced: the trunk has no port, so SRV decides
+        t1: 1000,
+        trunk: { host: 'pbx.test', port: undefined, transport: 'udp', failoverTimeoutMs: 500 },
+        extra: { sip: { dns: { servers: [dns.server] } } },
+      });
+      phone = await Softphone.connect({ server: wsUrl(gw), user: 'alice', domain: '127.0.0.1', password: TEST_PASSWORD });
+      return { gw, phone };
+    }
+
+    for (const [scenario, outcome] of [
+      ['uas-late-ring', 'CANCELs its late 180'],
+      ['uas-late-answer', 'ACKs its late 200 and ends that dialog with BYE'],
+    ] as const) {
+      it(`keeps the silent destination's INVITE after failing over, and ${outcome}`, async () => {
+        const a = await sipp({ scenario, keys: { delay_ms: '1500' }, timeoutMs: 15_000 });
+        const b = await sipp({ scenario: 'uas-answer' });
+        const { gw, phone } = await failoverGateway(a, b);
+        const call = phone.call('sip:1000@127.0.0.1');
+        await call.established;
+        assert.equal(gw.controller.calls()[0]!.info().legs.sip.target, `udp:127.0.0.1:${b.port}`, 'answered by the second destination');
+        const doneA = await a.done;
+        assert.equal(doneA.code, 0, `the first destination was released: ${formatSippResult(doneA)}`);
+        assert.equal((await received(a, 'INVITE')).length, 1, 'no retransmission to the abandoned destination');
+        if (scenario === 'uas-late-ring') assert.equal((await received(a, 'CANCEL')).length, 1);
+        else assert.equal((await received(a, 'BYE')).length, 1);
+        assert.deepEqual(await call.hangup(), { method: 'BYE', statusCode: 200 });
+        const doneB = await b.done;
+        assert.equal(doneB.code, 0, formatSippResult(doneB));
+      });
+    }
   });
 
   describe('bad input', () => {

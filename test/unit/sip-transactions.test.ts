@@ -130,6 +130,29 @@ describe('RFC 3261 transactions over UDP', () => {
     assert.deepEqual(flow.sent, ['INVITE...', 'ACK']);
   });
 
+  it('stops retransmitting an abandoned INVITE but still passes its late responses on, until Timer B', () => {
+    const flow = fakeFlow();
+    const tx = new ClientTransaction('k', flow, timers, 'INVITE', 'INVITE...', () => 'ACK');
+    const seen: number[] = [];
+    tx.on('response', (r) => seen.push(r.status));
+    tx.start();
+    advance(600);
+    assert.equal(flow.sent.length, 2);
+    tx.abandon();
+    advance(10_000);
+    assert.equal(flow.sent.length, 2, 'no retransmission after abandon()');
+    tx.receive(res(180));
+    assert.deepEqual(seen, [180]);
+    assert.equal(tx.state, 'proceeding');
+    tx.terminate();
+
+    const silent = new ClientTransaction('k2', fakeFlow(), timers, 'INVITE', 'INVITE...', () => 'ACK');
+    silent.start();
+    silent.abandon();
+    advance(64 * 500);
+    assert.equal(silent.state, 'terminated', 'Timer B still ends a silent one');
+  });
+
   it('ACKs a non-2xx final response and each of its retransmissions, then ends after Timer D', () => {
     const flow = fakeFlow();
     const tx = new ClientTransaction('k', flow, timers, 'INVITE', 'INVITE...', () => 'ACK');
