@@ -14,6 +14,8 @@ import { destinationName, flowToDestination, hostPort, nextHop, targetUri, trunk
 const DEFAULT_RING_TIMEOUT_MS = 180_000;
 /** setTimeout's ceiling. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
+/** Bound on the dialogs we ended at once (2xx from losing forks, or after our CANCEL) whose ACK we keep to repeat. */
+const MAX_RELEASED = 32;
 
 /** One INVITE we sent: each attempt (destination, answer to a challenge) is a new one, in its own transaction. */
 interface Invite {
@@ -54,6 +56,8 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
   #dialog: Dialog | undefined;
   /** CANCEL must wait for a provisional response (RFC 3261 §9.1). */
   #cancelPending: string | undefined;
+  /** ACKs of dialogs we ended as soon as they were made (key: INVITE branch and To tag): a retransmitted 2xx gets the ACK again, no new BYE. */
+  #released = new Map<string, string>();
   /** Answers to the challenges to this destination's INVITEs so far (one per kind and realm, RFC 3261 §22.3). */
   #digest: DigestClient | undefined;
 
@@ -309,13 +313,25 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
       if (d.lastAck) this.#ctx.sendRaw(d.flow, d.lastAck);
       return;
     }
+    // A retransmission of a 2xx whose dialog we already ended: ACK it again, never a second BYE.
+    const key = `${inv.branch}|${toTag}`;
+    const released = this.#released.get(key);
+    if (released !== undefined) {
+      this.#ctx.sendRaw(flow, released);
+      return;
+    }
     const release = this.#ended || this.#dialog !== undefined || inv !== this.#invite;
+    if (release && this.#released.size >= MAX_RELEASED) {
+      this.#ctx.log.warn({ callId: this.callId, toTag }, '2xx from yet another fork ignored');
+      return;
+    }
     // A new dialog: the first 2xx, a 2xx from another fork, from an abandoned destination, or one that crossed our CANCEL.
     const dialog = Dialog.asUac(res, inv.from, this.#localTag, inv.cseq, flow, inv.ruri);
     const ack = dialog.request('ACK', (b) => this.#ctx.via(flow, b), this.#ctx.contact(flow), { cseq: inv.cseq, headers: inv.auth });
     dialog.lastAck = ack.text;
     this.#ctx.sendRaw(flow, ack.text);
     if (release) {
+      this.#released.set(key, ack.text);
       this.#sendBye(dialog, 'SIP;cause=487;text="Call terminated"');
       return;
     }

@@ -252,6 +252,24 @@ describe('UAC robustness: ringing, cancelling, challenges and late answers', fun
     }
   });
 
+  describe('forks', () => {
+    it("ends a losing fork's dialog once: its retransmitted 2xx is only ACKed again, with no second BYE", async () => {
+      const uas = await sipp({ scenario: 'uas-fork-answer' });
+      gw = await startGateway({ trunkPort: uas.port });
+      phone = await Softphone.connect({ server: wsUrl(gw), user: 'alice', domain: '127.0.0.1', password: TEST_PASSWORD });
+      const call = phone.call('sip:1000@127.0.0.1');
+      await call.established;
+      // ACK to the first 200, ACK to the second, ACK to the second's retransmission.
+      await untilReceived(uas, 'ACK', 3);
+      assert.deepEqual(await call.hangup(), { method: 'BYE', statusCode: 200 });
+      const done = await uas.done;
+      assert.equal(done.code, 0, formatSippResult(done));
+      const byes = await received(uas, 'BYE');
+      const toTag = (text: string) => /\r\nTo:[^\r]*;tag=([^;\r]+)/i.exec(text)?.[1];
+      assert.deepEqual(byes.map((b) => toTag(b.text)?.replace(/^.*SIPpTag/, '')), ['021', '011'], 'one BYE to the losing fork, then the hangup of the kept one');
+    });
+  });
+
   describe('bad input', () => {
     const cases: Array<[string, Partial<OutboundCallOptions>]> = [
       ['a From domain', { fromDomain: 'example.com>\r\nX-Injected: yes\r\nX-Tail: <sip:x' }],

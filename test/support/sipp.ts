@@ -31,6 +31,7 @@ export type SippScenarioName =
   | 'uas-auth-stale'
   | 'uas-late-ring'
   | 'uas-late-answer'
+  | 'uas-fork-answer'
   | 'uas-silent'
   | 'uas-registrar'
   | 'uas-registrar-busy'
@@ -155,6 +156,7 @@ const SCENARIO_DEFAULTS: Readonly<Record<SippScenarioName, ScenarioDefaults>> = 
   'uas-auth-stale': { keys: () => ({ pt: '0', codec: 'PCMU' }) },
   'uas-late-ring': { keys: () => ({ delay_ms: '1500' }) },
   'uas-late-answer': { keys: () => ({ delay_ms: '1500', pt: '0', codec: 'PCMU' }) },
+  'uas-fork-answer': { keys: () => ({ pt: '0', codec: 'PCMU' }) },
   // -nd: nothing at all may be sent, not even for a call SIPp aborts.
   'uas-silent': { keys: () => ({ silent_ms: '5000' }), args: ['-nd'] },
   'uac-self-test': { keys: (o) => ({ mode: 'answer', hold_ms: '500', linger_ms: lingerMs(o) }) },
