@@ -131,6 +131,11 @@ export interface OutboundCallOptions {
   headers?: string[];
   /** Answers one 401/407 to the INVITE with these (a trunk's account). */
   credentials?: DigestCredentials;
+  /**
+   * No answer within this time after the INVITE went out: CANCEL, and the leg ends with 408 (a UA's
+   * no-answer limit, like a proxy's Timer C; Timer B stops at the first provisional response). Default 180000.
+   */
+  ringTimeoutMs?: number;
 }
 
 export interface OutboundCall extends SipCallLeg {

@@ -355,9 +355,18 @@ export class FailureLimiter {
 
 // ---------------------------------------------------------------- client side
 
-interface Challenge { algorithm: DigestAlgorithm; realm: string; nonce: string; qop: boolean; opaque: string | undefined }
+export interface DigestChallenge {
+  algorithm: DigestAlgorithm;
+  realm: string;
+  nonce: string;
+  qop: boolean;
+  opaque: string | undefined;
+  /** The nonce of credentials we sent had expired, the rest was right: retry with this one (RFC 7616 §3.3). */
+  stale: boolean;
+}
 
-function parseChallenge(header: unknown): Challenge | undefined {
+/** A WWW- / Proxy-Authenticate value we can answer (Digest, MD5 or SHA-256, qop absent or auth); else undefined. */
+export function parseChallenge(header: unknown): DigestChallenge | undefined {
   const h = parseAuthHeader(header);
   if (!h || h.scheme.toLowerCase() !== 'digest') return undefined;
   const algorithm = parseAlgorithm(h.params.get('algorithm'));
@@ -367,10 +376,11 @@ function parseChallenge(header: unknown): Challenge | undefined {
   const qopList = h.params.get('qop');
   const qop = qopList !== undefined;
   if (qop && !qopList.split(',').some((q) => q.trim().toLowerCase() === 'auth')) return undefined; // auth-int only
-  return { algorithm, realm, nonce, qop, opaque: h.params.get('opaque') };
+  return { algorithm, realm, nonce, qop, opaque: h.params.get('opaque'), stale: h.params.get('stale')?.toLowerCase() === 'true' };
 }
 
-function canAnswer(c: Challenge, creds: DigestCredentials): boolean {
+/** Whether `creds` may and can answer `c`: its realm (when they name one) and a usable secret for its algorithm. */
+export function canAnswer(c: DigestChallenge, creds: DigestCredentials): boolean {
   if (creds.realm !== undefined && creds.realm !== c.realm) return false;
   return creds.password !== undefined || creds.ha1?.[HA1_KEY[c.algorithm]] !== undefined;
 }

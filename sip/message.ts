@@ -1,4 +1,5 @@
 import { answerChallenge, pickChallenge, type DigestCredentials } from './digest.js';
+import type { ChallengeKind } from './digest-client.js';
 import {
   Grammar,
   IncomingRequestMessage,
@@ -129,18 +130,48 @@ export interface ResponseOptions {
   vias?: string[];
 }
 
-/** Builds a response to `req` (RFC 3261 §8.2.6): Via, From, To, Call-ID and CSeq copied from the request. */
+// CR and LF end a line: inside a value they would start a header of their own. NUL ends strings in many peers.
+const LINE_BREAKING = /[\r\n\0]/;
+// RFC 3261 §7.3.1 line folding (CRLF or LF followed by whitespace), which is just LWS: sip.js keeps it in raw values.
+const FOLD = /\r?\n[ \t]+/g;
+
+/** Throws a TypeError naming `what` when `value` contains CR, LF or NUL. */
+export function assertSingleLine(value: string, what: string): string {
+  if (typeof value !== 'string') throw new TypeError(`SIP ${what} must be a string`);
+  if (LINE_BREAKING.test(value)) throw new TypeError(`SIP ${what} contains CR, LF or NUL: ${JSON.stringify(value.slice(0, 80))}`);
+  return value;
+}
+
+/** A header line or value: folds (legal, e.g. copied from a received message) become one space; any other CR/LF/NUL throws. */
+function headerPart(value: string, what: string): string {
+  return assertSingleLine(typeof value === 'string' ? value.replace(FOLD, ' ') : value, what);
+}
+
+/** A whole extra header line ("Name: value"); an empty one would end the head early. */
+function headerLine(line: string): string {
+  const l = headerPart(line, 'header line');
+  if (!/^[A-Za-z0-9!%'*+.`~_-]+[ \t]*:/.test(l)) throw new TypeError(`not a SIP header line: ${JSON.stringify(l.slice(0, 80))}`);
+  return l;
+}
+
+/**
+ * Builds a response to `req` (RFC 3261 §8.2.6): Via, From, To, Call-ID and CSeq copied from the request.
+ * Throws a TypeError when a header line would break; control characters in the reason phrase (free text,
+ * possibly an error message) become spaces instead, so that a response can always be sent.
+ */
 export function buildResponse(req: IncomingRequestMessage, status: number, opts: ResponseOptions = {}): string {
-  const reason = opts.reason ?? getReasonPhrase(status) ?? 'Unknown';
+  if (!Number.isInteger(status) || status < 100 || status > 699) throw new TypeError(`bad SIP status ${String(status)}`);
+  // eslint-disable-next-line no-control-regex
+  const reason = (opts.reason ?? getReasonPhrase(status) ?? 'Unknown').replace(/[\x00-\x1f\x7f]+/g, ' ');
   const lines: string[] = [`SIP/2.0 ${status} ${reason}`];
-  for (const via of opts.vias ?? req.getHeaders('via')) lines.push(`Via: ${via}`);
-  lines.push(`From: ${req.getHeader('from')}`);
-  let to = req.getHeader('to') ?? '';
-  if (!req.toTag && opts.toTag && status > 100) to += `;tag=${opts.toTag}`;
+  for (const via of opts.vias ?? req.getHeaders('via')) lines.push(`Via: ${headerPart(via, 'Via')}`);
+  lines.push(`From: ${headerPart(req.getHeader('from') ?? '', 'From')}`);
+  let to = headerPart(req.getHeader('to') ?? '', 'To');
+  if (!req.toTag && opts.toTag && status > 100) to += `;tag=${assertSingleLine(opts.toTag, 'To tag')}`;
   lines.push(`To: ${to}`);
-  lines.push(`Call-ID: ${req.callId}`);
+  lines.push(`Call-ID: ${headerPart(req.callId, 'Call-ID')}`);
   lines.push(`CSeq: ${req.cseq} ${req.method}`);
-  if (opts.headers) lines.push(...opts.headers);
+  for (const h of opts.headers ?? []) lines.push(headerLine(h));
   return finish(lines, opts.body, opts.contentType);
 }
 
@@ -153,7 +184,6 @@ export interface RequestParts {
   to: string;
   callId: string;
   cseq: number;
-  /** CSeq method when it differs from `method` (never, except ACK/CANCEL keep their own). */
   routes?: string[];
   contact?: string;
   headers?: string[];
@@ -161,18 +191,30 @@ export interface RequestParts {
   contentType?: string;
 }
 
+/**
+ * Builds a request. Throws a TypeError when a part would break the message's lines (CR, LF or NUL in the
+ * request line or a header; a fold in a header value becomes a space): a value taken from outside (a
+ * dialled number, a display name) must never become a header line of its own at the peer.
+ */
 export function buildRequest(p: RequestParts): string {
-  const lines: string[] = [`${p.method} ${p.ruri} SIP/2.0`, `Via: ${p.via}`, `Max-Forwards: ${p.maxForwards ?? 70}`];
-  for (const r of p.routes ?? []) lines.push(`Route: ${r}`);
-  lines.push(`From: ${p.from}`, `To: ${p.to}`, `Call-ID: ${p.callId}`, `CSeq: ${p.cseq} ${p.method}`);
-  if (p.contact) lines.push(`Contact: ${p.contact}`);
-  if (p.headers) lines.push(...p.headers);
+  const method = assertSingleLine(p.method, 'method');
+  if (!/^[A-Za-z0-9!%'*+.`~_-]+$/.test(method)) throw new TypeError(`bad SIP method ${JSON.stringify(method)}`);
+  if (!Number.isSafeInteger(p.cseq) || p.cseq < 0 || p.cseq >= 2 ** 31) throw new TypeError(`bad CSeq number ${String(p.cseq)}`);
+  const maxForwards = p.maxForwards ?? 70;
+  if (!Number.isInteger(maxForwards) || maxForwards < 0 || maxForwards > 255) throw new TypeError(`bad Max-Forwards ${String(maxForwards)}`);
+  const ruri = assertSingleLine(p.ruri, 'Request-URI');
+  if (/\s/.test(ruri) || ruri === '') throw new TypeError(`SIP Request-URI must be one token: ${JSON.stringify(ruri.slice(0, 80))}`);
+  const lines: string[] = [`${method} ${ruri} SIP/2.0`, `Via: ${headerPart(p.via, 'Via')}`, `Max-Forwards: ${maxForwards}`];
+  for (const r of p.routes ?? []) lines.push(`Route: ${headerPart(r, 'Route')}`);
+  lines.push(`From: ${headerPart(p.from, 'From')}`, `To: ${headerPart(p.to, 'To')}`, `Call-ID: ${headerPart(p.callId, 'Call-ID')}`, `CSeq: ${p.cseq} ${method}`);
+  if (p.contact) lines.push(`Contact: ${headerPart(p.contact, 'Contact')}`);
+  for (const h of p.headers ?? []) lines.push(headerLine(h));
   return finish(lines, p.body, p.contentType);
 }
 
 function finish(lines: string[], body?: string, contentType?: string): string {
   if (body) {
-    lines.push(`Content-Type: ${contentType ?? 'application/sdp'}`);
+    lines.push(`Content-Type: ${headerPart(contentType ?? 'application/sdp', 'Content-Type')}`);
     lines.push(`Content-Length: ${Buffer.byteLength(body)}`);
     return lines.join('\r\n') + '\r\n\r\n' + body;
   }
@@ -185,14 +227,26 @@ export function parseUri(s: string): URI | undefined {
   return u instanceof URI ? u : undefined;
 }
 
-/** Every value of a header in a raw message's head, in order (sip.js keeps only the last challenge header). */
+/**
+ * Every value of a header in a raw message's head, in order (sip.js keeps only the last challenge header).
+ * RFC 3261 §7.3.1: whitespace may stand before the colon, and a value may be folded over several lines.
+ */
 export function headerValues(raw: string, name: string): string[] {
-  const end = raw.indexOf('\r\n\r\n');
-  const prefix = `${name.toLowerCase()}:`;
-  return (end < 0 ? raw : raw.slice(0, end))
-    .split('\r\n')
-    .filter((l) => l.toLowerCase().startsWith(prefix))
-    .map((l) => l.slice(prefix.length).trim());
+  const end = /\r?\n\r?\n/.exec(raw);
+  const head = (end ? raw.slice(0, end.index) : raw).replace(FOLD, ' ');
+  const wanted = name.toLowerCase();
+  const out: string[] = [];
+  for (const line of head.split(/\r?\n/)) {
+    const colon = line.indexOf(':');
+    if (colon > 0 && line.slice(0, colon).trimEnd().toLowerCase() === wanted) out.push(line.slice(colon + 1).trim());
+  }
+  return out;
+}
+
+/** The digest challenges of a 401 (WWW-Authenticate) or 407 (Proxy-Authenticate). */
+export function challengesOf(res: { status: number; msg: { data: string } }): { kind: ChallengeKind; values: string[] } {
+  const kind: ChallengeKind = res.status === 407 ? 'proxy' : 'www';
+  return { kind, values: headerValues(res.msg.data, kind === 'proxy' ? 'Proxy-Authenticate' : 'WWW-Authenticate') };
 }
 
 /**
@@ -200,10 +254,10 @@ export function headerValues(raw: string, name: string): string[] {
  * when no challenge in it can be answered with `creds`.
  */
 export function authorizationFor(res: { status: number; msg: { data: string } }, creds: DigestCredentials, req: { method: string; uri: string }): string | undefined {
-  const proxy = res.status === 407;
-  const challenge = pickChallenge(headerValues(res.msg.data, proxy ? 'Proxy-Authenticate' : 'WWW-Authenticate'), creds);
+  const { kind, values } = challengesOf(res);
+  const challenge = pickChallenge(values, creds);
   const answer = challenge ? answerChallenge(challenge, creds, req) : undefined;
-  return answer ? `${proxy ? 'Proxy-Authorization' : 'Authorization'}: ${answer.header}` : undefined;
+  return answer ? `${kind === 'proxy' ? 'Proxy-Authorization' : 'Authorization'}: ${answer.header}` : undefined;
 }
 
 export function randomToken(bytes = 8): string {

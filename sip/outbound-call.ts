@@ -2,12 +2,36 @@ import { SafeEmitter } from '../src/util/safe-emitter.js';
 import type { Destination, LegEnd, LegEvents, LegState, OutboundCall, OutboundCallOptions, TerminateOptions } from './backend.js';
 import { Dialog } from './dialog.js';
 import { handleInDialogRequest, sendBye } from './in-dialog.js';
-import { authorizationFor, buildRequest, newBranch, randomToken, type ParsedRequest, type ParsedResponse } from './message.js';
+import { DigestClient } from './digest-client.js';
+import { buildRequest, challengesOf, newBranch, randomToken, type ParsedRequest, type ParsedResponse } from './message.js';
 import type { DialogOwner, StackContext } from './stack-context.js';
 import type { ClientTransaction, ServerTransaction } from './transactions.js';
 import type { Flow } from './transport/flow.js';
 import { encodeSipUser } from './sip-user.js';
 import { destinationName, flowToDestination, hostPort, nextHop, targetUri, trunkRoutes } from './trunk-target.js';
+
+/** A common UA no-answer limit (RFC 3261 §16.6's "more than 3 minutes" is for proxies' Timer C). */
+const DEFAULT_RING_TIMEOUT_MS = 180_000;
+/** setTimeout's ceiling. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+/** Bound on the dialogs we ended at once (2xx from losing forks, or after our CANCEL) whose ACK we keep to repeat. */
+const MAX_RELEASED = 32;
+
+/** One INVITE we sent: each attempt (destination, answer to a challenge) is a new one, in its own transaction. */
+interface Invite {
+  branch: string;
+  via: string;
+  ruri: string;
+  from: string;
+  to: string;
+  route: string[];
+  /** Its credentials, which the ACK for its 2xx repeats (RFC 3261 §13.2.2.4). */
+  auth: string[];
+  cseq: number;
+  flow: Flow;
+  txn: ClientTransaction;
+  cancelSent: boolean;
+}
 
 /** The UAC side of a call: our INVITE toward a SIP peer (trunk, PBX). */
 export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundCall, DialogOwner {
@@ -19,24 +43,31 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
   #opts: OutboundCallOptions;
   #localTag = randomToken(6);
   #cseq = 1;
-  #flow: Flow | undefined;
-  #invite: { branch: string; via: string; ruri: string; from: string; to: string; route: string[]; txn: ClientTransaction } | undefined;
+  /** The INVITE in progress; responses to earlier ones are stray (see #onStrayResponse). */
+  #invite: Invite | undefined;
   /** Destinations not tried yet (RFC 3263 failover). */
   #destinations: Destination[] = [];
   #failoverTimer: NodeJS.Timeout | undefined;
+  /** Bounds ringing: Timer B stops at the first provisional response. */
+  #ringTimer: NodeJS.Timeout | undefined;
+  readonly #ringTimeoutMs: number;
   /** Where the current INVITE went ("udp:10.0.0.1:5060"), for logs and the admin API. */
   #destination: string | undefined;
   #dialog: Dialog | undefined;
   /** CANCEL must wait for a provisional response (RFC 3261 §9.1). */
   #cancelPending: string | undefined;
-  #cancelSent = false;
-  /** A challenge is answered once; a second one ends the call. */
-  #authTried = false;
+  /** ACKs of dialogs we ended as soon as they were made (key: INVITE branch and To tag): a retransmitted 2xx gets the ACK again, no new BYE. */
+  #released = new Map<string, string>();
+  /** Answers to the challenges to this destination's INVITEs so far (one per kind and realm, RFC 3261 §22.3). */
+  #digest: DigestClient | undefined;
 
   constructor(ctx: StackContext, opts: OutboundCallOptions) {
     super(ctx.log);
+    const ring = opts.ringTimeoutMs ?? DEFAULT_RING_TIMEOUT_MS;
+    if (typeof ring !== 'number' || !(ring > 0)) throw new TypeError('ringTimeoutMs must be a positive number');
     this.#ctx = ctx;
     this.#opts = opts;
+    this.#ringTimeoutMs = Math.min(ring, MAX_TIMER_MS);
   }
 
   get destination(): string | undefined {
@@ -52,6 +83,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
     // Let the caller of createCall() attach its listeners before any outcome, even an immediate one.
     await Promise.resolve();
     if (this.#ended) return;
+    this.#ringTimer = setTimeout(() => this.#onRingTimeout(), this.#ringTimeoutMs);
     const { target } = this.#opts;
     const o = this.#opts;
     if ('contact' in target) {
@@ -61,7 +93,6 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
         this.#end({ cause: 'transport', status: 480, reason: 'the contact is no longer connected' });
         return;
       }
-      this.#flow = flow;
       this.#sendInvite(flow, target.contact.uri, this.#from(flow), `<sip:${encodeSipUser(o.toUser)}@${this.#ctx.domain(flow)}>`, []);
       return;
     }
@@ -82,7 +113,9 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
 
   #from(flow: Flow): string {
     const o = this.#opts;
-    const display = o.fromDisplayName ? `"${o.fromDisplayName.replace(/["\\]/g, '')}" ` : '';
+    // Free text: quotes, backslashes and control characters would end the quoted string or the line.
+    // eslint-disable-next-line no-control-regex
+    const display = o.fromDisplayName ? `"${o.fromDisplayName.replace(/["\\]/g, '').replace(/[\x00-\x1f\x7f]+/g, ' ')}" ` : '';
     return `${display}<sip:${encodeSipUser(o.fromUser)}@${o.fromDomain ?? this.#ctx.domain(flow)}>;tag=${this.#localTag}`;
   }
 
@@ -110,7 +143,6 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
         continue;
       }
       if (this.#ended) return;
-      this.#flow = flow;
       this.#destination = destinationName(dest);
       const ruri = targetUri(trunk.target, o.toUser);
       const to = this.#invite?.to ?? `<sip:${encodeSipUser(o.toUser)}@${hostPort(trunk.target)}>`;
@@ -118,16 +150,18 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
       const route = trunkRoutes(trunk);
       if (this.#invite) this.#cseq++;
       // A new attempt starts from scratch: no provisional response yet (CANCEL waits for one), no challenge answered.
-      this.#authTried = false;
+      this.#digest = undefined;
       this.#state = 'calling';
-      this.#cancelSent = false;
       this.#sendInvite(flow, ruri, from, to, [], route);
       this.#armFailover(trunk.failoverTimeoutMs ?? 4000);
       return;
     }
   }
 
-  /** Silence from this destination: abandon its transaction and try the next (the last one keeps Timer B). */
+  /**
+   * Silence from this destination: try the next (the last one keeps Timer B). The silent one's transaction
+   * stays until its Timer B, so that a late answer from it is CANCELled or ended rather than left ringing.
+   */
   #armFailover(ms: number): void {
     clearTimeout(this.#failoverTimer);
     if (this.#destinations.length === 0) return;
@@ -136,36 +170,44 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
       // Any response (even 100 Trying) moved the transaction on from 'calling': this destination answers.
       if (this.#ended || this.#invite !== inv || inv?.txn.state !== 'calling') return;
       this.#ctx.log.info({ callId: this.callId, destination: this.#destination, ms }, 'no response, failing over');
-      inv?.txn.terminate();
+      inv.txn.abandon();
       void this.#tryNextDestination(`no response from ${this.#destination}`);
     }, ms);
   }
 
   /** Sends (or re-sends with credentials, RFC 3261 §22.2) the INVITE in a new client transaction. */
-  #sendInvite(flow: Flow, ruri: string, from: string, to: string, authHeaders: string[], route = this.#invite?.route ?? []): void {
+  #sendInvite(flow: Flow, ruri: string, from: string, to: string, auth: string[], route = this.#invite?.route ?? []): void {
     const o = this.#opts;
     const branch = newBranch();
     const via = this.#ctx.via(flow, branch);
     const cseq = this.#cseq;
-    const text = buildRequest({
-      method: 'INVITE',
-      ruri,
-      via,
-      from,
-      to,
-      callId: this.callId,
-      cseq,
-      contact: this.#ctx.contact(flow),
-      routes: route,
-      headers: ['Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO', ...authHeaders, ...(o.headers ?? [])],
-      body: o.offer,
-    });
+    let text: string;
+    try {
+      text = buildRequest({
+        method: 'INVITE',
+        ruri,
+        via,
+        from,
+        to,
+        callId: this.callId,
+        cseq,
+        contact: this.#ctx.contact(flow),
+        routes: route,
+        headers: ['Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO', ...auth, ...(o.headers ?? [])],
+        body: o.offer,
+      });
+    } catch (err) {
+      // A part from outside (a number, a domain, a header) would break the message: nothing is sent.
+      this.#ctx.log.warn({ callId: this.callId, err: (err as Error).message }, 'INVITE not sent: invalid request');
+      this.#end({ cause: 'local', status: 400, reason: `invalid request: ${(err as Error).message}` });
+      return;
+    }
     const buildAck = (res: ParsedResponse) =>
       buildRequest({ method: 'ACK', ruri, via, from, to: res.msg.getHeader('to') ?? to, callId: this.callId, cseq, routes: route });
     const txn = this.#ctx.sendRequest(flow, 'INVITE', branch, text, buildAck);
-    const invite = { branch, via, ruri, from, to, route, txn };
+    const invite: Invite = { branch, via, ruri, from, to, route, auth, cseq, flow, txn, cancelSent: false };
     this.#invite = invite;
-    txn.on('response', (res) => this.#onResponse(res));
+    txn.on('response', (res) => (this.#invite === invite ? this.#onResponse(res) : this.#onStrayResponse(invite, res)));
     txn.on('timeout', () => {
       if (this.#invite !== invite || this.#ended) return;
       if (this.#destinations.length > 0 && txn.state === 'calling') void this.#tryNextDestination(`no response from ${this.#destination}`);
@@ -179,16 +221,22 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
     txn.start();
   }
 
-  /** Answers a 401/407 to our INVITE once with the trunk's credentials; true if it did. */
+  /**
+   * Re-sends the INVITE answering a 401/407 with the trunk's credentials, keeping the answers to earlier
+   * challenges (a proxy's 407, then the PBX's 401); true if it did, false when the call has failed.
+   */
   #retryWithCredentials(res: ParsedResponse): boolean {
     const creds = this.#opts.credentials;
     const inv = this.#invite;
-    if (!creds || this.#authTried || !inv || !this.#flow || this.#ended) return false;
-    const authorization = authorizationFor(res, creds, { method: 'INVITE', uri: inv.ruri });
-    if (!authorization) return false;
-    this.#authTried = true;
+    if (!creds || !inv || this.#ended) return false;
+    const digest = (this.#digest ??= new DigestClient(creds));
+    const { kind, values } = challengesOf(res);
+    if (!digest.challenge(kind, values)) return false;
+    const auth = digest.headers({ method: 'INVITE', uri: inv.ruri });
     this.#cseq++;
-    this.#sendInvite(this.#flow, inv.ruri, inv.from, inv.to, [authorization]);
+    // A new INVITE transaction: CANCEL waits for a provisional response to it, not to the challenged one (§9.1).
+    this.#state = 'calling';
+    this.#sendInvite(inv.flow, inv.ruri, inv.from, inv.to, auth);
     return true;
   }
 
@@ -199,16 +247,29 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
       this.#sendBye(this.#dialog, opts.reasonHeader);
       return;
     }
-    this.#cancelPending = opts.reasonHeader ?? '';
-    if (this.#state === 'early') this.#sendCancel();
-    this.#end({ cause: 'local', reason: opts.reason });
+    this.#cancel({ cause: 'local', reason: opts.reason }, opts.reasonHeader);
+  }
+
+  /** Ends the unanswered leg; CANCEL goes now if a provisional response came, else at the first one (RFC 3261 §9.1). */
+  #cancel(end: LegEnd, reasonHeader: string | undefined): void {
+    this.#cancelPending = reasonHeader ?? '';
+    if (this.#state === 'early' && this.#invite) this.#sendCancel(this.#invite, this.#cancelPending);
+    this.#end(end);
+  }
+
+  #onRingTimeout(): void {
+    this.#ringTimer = undefined;
+    if (this.#ended || this.#dialog) return;
+    this.#ctx.log.info({ callId: this.callId, destination: this.#destination, ms: this.#ringTimeoutMs }, 'no answer, cancelling (ring timeout)');
+    this.#cancel({ cause: 'timeout', status: 408, reason: 'no answer (ring timeout)' }, 'SIP;cause=408;text="ring timeout"');
   }
 
   #onResponse(res: ParsedResponse): void {
     const s = res.status;
+    const inv = this.#invite!;
     if (s < 200) {
       if (this.#cancelPending !== undefined) {
-        this.#sendCancel();
+        this.#sendCancel(inv, this.#cancelPending);
         return;
       }
       if (this.#ended) return;
@@ -230,49 +291,76 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
       this.#end({ cause: 'rejected', status: s, reason: res.msg.reasonPhrase });
       return;
     }
-    this.#on2xx(res);
+    this.#on2xx(inv, res);
   }
 
-  #on2xx(res: ParsedResponse): void {
-    const inv = this.#invite!;
-    const flow = this.#flow!;
+  /**
+   * A response to an INVITE we moved on from (failover after silence): the destination woke up late. A
+   * provisional response is CANCELled, a 2xx ACKed and ended with BYE, so that nothing rings or stays
+   * connected there; the transaction goes away by itself (Timer B, or 64*T1 after the CANCEL).
+   */
+  #onStrayResponse(inv: Invite, res: ParsedResponse): void {
+    if (res.status < 200) {
+      if (!inv.cancelSent) this.#ctx.log.info({ callId: this.callId, status: res.status }, 'late answer from an abandoned destination, cancelling');
+      this.#sendCancel(inv, '');
+    } else if (res.status < 300) {
+      this.#on2xx(inv, res);
+    }
+  }
+
+  #on2xx(inv: Invite, res: ParsedResponse): void {
+    const flow = inv.flow;
     const d = this.#dialog;
-    if (d && d.remoteTag === res.msg.toTag) {
+    const toTag = res.msg.toTag ?? '';
+    if (d && d.remoteTag === toTag) {
       if (d.lastAck) this.#ctx.sendRaw(d.flow, d.lastAck);
       return;
     }
-    // A new dialog: the first 2xx, a 2xx from another fork, or a 2xx that crossed our CANCEL.
-    const dialog = Dialog.asUac(res, inv.from, this.#localTag, this.#cseq, flow, inv.ruri);
-    const ack = dialog.request('ACK', (b) => this.#ctx.via(flow, b), this.#ctx.contact(flow), { cseq: this.#cseq });
+    // A retransmission of a 2xx whose dialog we already ended: ACK it again, never a second BYE.
+    const key = `${inv.branch}|${toTag}`;
+    const released = this.#released.get(key);
+    if (released !== undefined) {
+      this.#ctx.sendRaw(flow, released);
+      return;
+    }
+    const release = this.#ended || this.#dialog !== undefined || inv !== this.#invite;
+    if (release && this.#released.size >= MAX_RELEASED) {
+      this.#ctx.log.warn({ callId: this.callId, toTag }, '2xx from yet another fork ignored');
+      return;
+    }
+    // A new dialog: the first 2xx, a 2xx from another fork, from an abandoned destination, or one that crossed our CANCEL.
+    const dialog = Dialog.asUac(res, inv.from, this.#localTag, inv.cseq, flow, inv.ruri);
+    const ack = dialog.request('ACK', (b) => this.#ctx.via(flow, b), this.#ctx.contact(flow), { cseq: inv.cseq, headers: inv.auth });
     dialog.lastAck = ack.text;
     this.#ctx.sendRaw(flow, ack.text);
-    if (this.#ended || this.#dialog) {
+    if (release) {
+      this.#released.set(key, ack.text);
       this.#sendBye(dialog, 'SIP;cause=487;text="Call terminated"');
       return;
     }
     this.#dialog = dialog;
     this.#ctx.registerDialog(dialog, this);
     this.#state = 'confirmed';
+    clearTimeout(this.#ringTimer);
     this.safeEmit('answered', res.msg.body ?? '');
   }
 
-  #sendCancel(): void {
-    const inv = this.#invite;
-    if (!inv || this.#cancelSent || !this.#flow) return;
-    this.#cancelSent = true;
-    const reason = this.#cancelPending;
-    const text = buildRequest({
-      method: 'CANCEL',
-      ruri: inv.ruri,
-      via: inv.via,
-      from: inv.from,
-      to: inv.to,
-      callId: this.callId,
-      cseq: this.#cseq,
-      routes: inv.route,
-      headers: reason ? [`Reason: ${reason}`] : [],
-    });
-    this.#ctx.sendRequest(this.#flow, 'CANCEL', inv.branch, text).start();
+  /** CANCELs `inv` once (same branch, CSeq and Route as the INVITE, RFC 3261 §9.1), with an optional RFC 3326 Reason. */
+  #sendCancel(inv: Invite, reason: string | undefined): void {
+    if (inv.cancelSent) return;
+    inv.cancelSent = true;
+    const cancel = (headers: string[]) =>
+      buildRequest({ method: 'CANCEL', ruri: inv.ruri, via: inv.via, from: inv.from, to: inv.to, callId: this.callId, cseq: inv.cseq, routes: inv.route, headers });
+    let text: string;
+    try {
+      text = cancel(reason ? [`Reason: ${reason}`] : []);
+    } catch (err) {
+      // Only the Reason can be at fault (the rest was sent in the INVITE): the CANCEL matters more than it.
+      this.#ctx.log.warn({ callId: this.callId, err: (err as Error).message }, 'Reason left out of the CANCEL');
+      text = cancel([]);
+    }
+    this.#ctx.sendRequest(inv.flow, 'CANCEL', inv.branch, text).start();
+    inv.txn.cancelled();
   }
 
   #sendBye(dialog: Dialog, reasonHeader?: string): void {
@@ -286,13 +374,15 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
   onAck(): void {}
 
   on2xxRetransmission(res: ParsedResponse): void {
-    this.#on2xx(res);
+    // Only the dialog we kept is registered with the stack: this re-sends its ACK.
+    if (this.#invite) this.#on2xx(this.#invite, res);
   }
 
   #end(end: LegEnd): void {
     if (this.#ended) return;
     this.#ended = true;
     clearTimeout(this.#failoverTimer);
+    clearTimeout(this.#ringTimer);
     this.#destinations = [];
     this.#state = 'ended';
     if (this.#dialog) this.#ctx.unregisterDialog(this.#dialog);

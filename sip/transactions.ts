@@ -109,11 +109,32 @@ export class ClientTransaction extends Transaction<ClientTxEvents> {
     if (!this.transmit(this.request)) return;
     const { t1, t2 } = this.timers;
     if (!this.flow.reliable) this.#scheduleRetransmit(t1, this.isInvite ? Infinity : t2);
+    // Timer B runs in 'calling' only (a 1xx clears it: ringing is bounded by the TU), Timer F in
+    // 'trying' and 'proceeding' (RFC 3261 §17.1.1.2, §17.1.2.2).
     this.timer(this.isInvite ? 'B' : 'F', 64 * t1, () => {
-      if (this.state === 'calling' || this.state === 'trying' || this.state === 'proceeding') {
+      if (this.isInvite ? this.state === 'calling' : this.state === 'trying' || this.state === 'proceeding') {
         this.emit('timeout');
         this.terminate();
       }
+    });
+  }
+
+  /**
+   * The TU moved on without this INVITE (failover after silence): stop retransmitting it, but keep matching
+   * responses, so that a late 1xx can be CANCELled and a late 2xx ACKed and ended, until Timer B ends it.
+   */
+  abandon(): void {
+    if (this.isInvite && this.state === 'calling') this.clearTimer('A');
+  }
+
+  /**
+   * The TU sent CANCEL for this INVITE: if no final response comes within 64*T1, the transaction is
+   * considered cancelled and destroyed (RFC 3261 §9.1), so that it does not wait forever in 'proceeding'.
+   */
+  cancelled(): void {
+    if (!this.isInvite || (this.state !== 'calling' && this.state !== 'proceeding')) return;
+    this.timer('cancel', 64 * this.timers.t1, () => {
+      if (this.state === 'calling' || this.state === 'proceeding') this.terminate();
     });
   }
 
@@ -136,7 +157,10 @@ export class ClientTransaction extends Transaction<ClientTxEvents> {
       case 'trying':
       case 'proceeding':
         if (s < 200) {
-          if (this.isInvite) this.clearTimer('A');
+          if (this.isInvite) {
+            this.clearTimer('A');
+            this.clearTimer('B');
+          }
           this.state = 'proceeding';
           this.emit('response', res);
           return;
@@ -145,6 +169,7 @@ export class ClientTransaction extends Transaction<ClientTxEvents> {
         this.clearTimer('B');
         this.clearTimer('E');
         this.clearTimer('F');
+        this.clearTimer('cancel');
         if (this.isInvite && s < 300) {
           this.state = 'accepted';
           this.timer('M', 64 * this.timers.t1, () => this.terminate());

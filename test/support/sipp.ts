@@ -24,6 +24,14 @@ export type SippScenarioName =
   | 'uas-answer-then-bye'
   | 'uas-reject'
   | 'uas-ring-no-answer'
+  | 'uas-ring-then-answer'
+  | 'uas-ring-ignore-cancel'
+  | 'uas-auth-then-ring'
+  | 'uas-auth-chain'
+  | 'uas-auth-stale'
+  | 'uas-late-ring'
+  | 'uas-late-answer'
+  | 'uas-fork-answer'
   | 'uas-silent'
   | 'uas-registrar'
   | 'uas-registrar-busy'
@@ -140,6 +148,15 @@ const SCENARIO_DEFAULTS: Readonly<Record<SippScenarioName, ScenarioDefaults>> = 
     },
   },
   'uas-ring-no-answer': { keys: (o) => ({ linger: linger(o) }) },
+  'uas-ring-then-answer': { keys: () => ({ ring_ms: '4000', pt: '0', codec: 'PCMU' }) },
+  'uas-ring-ignore-cancel': { keys: () => ({}) },
+  'uas-auth-then-ring': { keys: () => ({ ring_delay_ms: '1000' }) },
+  // The nonces and expected digests come from each test.
+  'uas-auth-chain': { keys: () => ({ pt: '0', codec: 'PCMU' }) },
+  'uas-auth-stale': { keys: () => ({ pt: '0', codec: 'PCMU' }) },
+  'uas-late-ring': { keys: () => ({ delay_ms: '1500' }) },
+  'uas-late-answer': { keys: () => ({ delay_ms: '1500', pt: '0', codec: 'PCMU' }) },
+  'uas-fork-answer': { keys: () => ({ pt: '0', codec: 'PCMU' }) },
   // -nd: nothing at all may be sent, not even for a call SIPp aborts.
   'uas-silent': { keys: () => ({ silent_ms: '5000' }), args: ['-nd'] },
   'uac-self-test': { keys: (o) => ({ mode: 'answer', hold_ms: '500', linger_ms: lingerMs(o) }) },

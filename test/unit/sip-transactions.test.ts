@@ -83,6 +83,76 @@ describe('RFC 3261 transactions over UDP', () => {
     assert.equal(flow.sent.length, 7, 'INVITE sent at 0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s');
   });
 
+  it('stops Timer B at the first provisional response: an INVITE may ring longer than 64*T1 (RFC 3261 §17.1.1.2)', () => {
+    const flow = fakeFlow();
+    const tx = new ClientTransaction('k', flow, timers, 'INVITE', 'INVITE...', () => 'ACK');
+    let timedOut = 0;
+    const seen: number[] = [];
+    tx.on('timeout', () => timedOut++);
+    tx.on('response', (r) => seen.push(r.status));
+    tx.start();
+    tx.receive(res(180));
+    advance(5 * 64 * 500);
+    assert.equal(timedOut, 0);
+    assert.equal(tx.state, 'proceeding');
+    tx.receive(res(200));
+    assert.deepEqual(seen, [180, 200]);
+    assert.equal(tx.state, 'accepted');
+    tx.terminate();
+  });
+
+  it('gives up a cancelled INVITE 64*T1 after the CANCEL when no final response comes (RFC 3261 §9.1)', () => {
+    const flow = fakeFlow();
+    const tx = new ClientTransaction('k', flow, timers, 'INVITE', 'INVITE...', () => 'ACK');
+    let terminated = 0;
+    tx.on('terminated', () => terminated++);
+    tx.start();
+    tx.receive(res(180));
+    advance(10_000);
+    tx.cancelled();
+    advance(64 * 500 - 1);
+    assert.equal(tx.state, 'proceeding');
+    advance(1);
+    assert.equal(tx.state, 'terminated');
+    assert.equal(terminated, 1);
+  });
+
+  it('keeps a cancelled INVITE that got its final response on its normal course (Timer D)', () => {
+    const flow = fakeFlow();
+    const tx = new ClientTransaction('k', flow, timers, 'INVITE', 'INVITE...', () => 'ACK');
+    tx.start();
+    tx.receive(res(180));
+    tx.cancelled();
+    tx.receive(res(487));
+    assert.equal(tx.state, 'completed');
+    advance(64 * 500);
+    assert.equal(tx.state, 'terminated', 'Timer D (32 s) ended it, not the cancel bound');
+    assert.deepEqual(flow.sent, ['INVITE...', 'ACK']);
+  });
+
+  it('stops retransmitting an abandoned INVITE but still passes its late responses on, until Timer B', () => {
+    const flow = fakeFlow();
+    const tx = new ClientTransaction('k', flow, timers, 'INVITE', 'INVITE...', () => 'ACK');
+    const seen: number[] = [];
+    tx.on('response', (r) => seen.push(r.status));
+    tx.start();
+    advance(600);
+    assert.equal(flow.sent.length, 2);
+    tx.abandon();
+    advance(10_000);
+    assert.equal(flow.sent.length, 2, 'no retransmission after abandon()');
+    tx.receive(res(180));
+    assert.deepEqual(seen, [180]);
+    assert.equal(tx.state, 'proceeding');
+    tx.terminate();
+
+    const silent = new ClientTransaction('k2', fakeFlow(), timers, 'INVITE', 'INVITE...', () => 'ACK');
+    silent.start();
+    silent.abandon();
+    advance(64 * 500);
+    assert.equal(silent.state, 'terminated', 'Timer B still ends a silent one');
+  });
+
   it('ACKs a non-2xx final response and each of its retransmissions, then ends after Timer D', () => {
     const flow = fakeFlow();
     const tx = new ClientTransaction('k', flow, timers, 'INVITE', 'INVITE...', () => 'ACK');
