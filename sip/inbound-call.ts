@@ -28,6 +28,8 @@ export class InboundCallLeg extends SafeEmitter<LegEvents> implements InboundCal
   #ctx: StackContext;
   #txn: ServerTransaction;
   #flow: Flow;
+  /** Ends with its flow: true only on a WebSocket, the one way back to a browser. */
+  #boundToFlow: boolean;
 
   constructor(ctx: StackContext, req: ParsedRequest, txn: ServerTransaction, flow: Flow, identity: { authUser?: string; trunk?: string } = {}) {
     super(ctx.log);
@@ -45,7 +47,11 @@ export class InboundCallLeg extends SafeEmitter<LegEvents> implements InboundCal
     this.requestUri = req.ruri.toString();
     this.offer = m.body ?? '';
     this.source = { transport: flow.transport, address: flow.remote.address, port: flow.remote.port, flowId: flow.id };
-    if (flow.reliable) ctx.bindFlow(flow, this);
+    // A browser is reachable only down its WebSocket (RFC 7118), so the call ends with it. A SIP peer
+    // over TCP/TLS may close its connection mid-dialog (RFC 3261 §18; Kamailio after 120 s idle):
+    // later requests travel on new connections, so such a leg must outlive it.
+    this.#boundToFlow = flow.transport === 'ws';
+    if (this.#boundToFlow) ctx.bindFlow(flow, this);
     txn.on('ackTimeout', () => {
       if (this.#byePending !== undefined) return this.#flushBye();
       if (this.#state !== 'answered') return;
@@ -159,7 +165,7 @@ export class InboundCallLeg extends SafeEmitter<LegEvents> implements InboundCal
     this.#state = 'ended';
     // With a BYE pending the dialog stays matched until the ACK (or its timeout) releases it.
     if (this.#dialog && this.#byePending === undefined) this.#ctx.unregisterDialog(this.#dialog);
-    if (this.#flow.reliable) this.#ctx.unbindFlow(this.#flow, this);
+    if (this.#boundToFlow) this.#ctx.unbindFlow(this.#flow, this);
     this.safeEmit('ended', end);
     this.removeAllListeners('progress').removeAllListeners('answered').removeAllListeners('confirmed');
   }
