@@ -351,6 +351,7 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
     return {
       timers: this.timers,
       log: this.#log,
+      closed: () => this.#closed,
       respond: (txn: ServerTransaction, status: number, opts: ResponseOptions = {}) => {
         const headers = [...(opts.headers ?? [])];
         if (this.#opts.userAgent) headers.push(`Server: ${this.#opts.userAgent}`);
@@ -368,6 +369,9 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
       },
       sendRaw: (flow, text) => this.#sendSafely(flow, text),
       flowById: (kind, id) => this.#transports.get(kind)?.flowById(id),
+      pinned: (flow) => flow.transport === 'ws' || (this.#access?.location.all().some((b) => b.source.flowId === flow.id) ?? false),
+      // Connections we open come from ephemeral ports; accepted ones are on the listening port.
+      accepted: (flow) => flow.transport === 'ws' || (flow.reliable && flow.local.port === this.address(flow.transport)?.port),
       domain: (flow) => announce(flow),
       resolve: (target) => this.#resolver.resolve(target),
       flowTo: async (kind, dest) => {

@@ -2,10 +2,11 @@ import assert from 'node:assert/strict';
 import type dgram from 'node:dgram';
 import type { Gateway } from '../../src/gateway.js';
 import { TEST_PASSWORD, assertClean, requireSipp, startGateway, waitFor, wsUrl, type HarnessOptions } from '../support/gateway-harness.js';
+import { authorizationFor } from '../../sip/message.js';
 import { bindUdp, closeUdp } from '../support/ports.js';
-import { RawSipTcpPeer, headerOf } from '../support/raw-sip-peer.js';
+import { RawSipTcpPeer, RawSipUdpPeer, headerOf, responseTo } from '../support/raw-sip-peer.js';
 import { Softphone } from '../support/softphone.js';
-import type { SippPeer } from '../support/sipp.js';
+import { formatSippResult, startSipp, type SippOptions, type SippPeer } from '../support/sipp.js';
 
 /**
  * Dialogs over connections that come and go: calls with SIP trunks over TCP outlive the trunk
@@ -21,6 +22,7 @@ describe('dialogs: in-dialog requests, routes and connections', function () {
   const sipps: SippPeer[] = [];
   const phones: Softphone[] = [];
   const sockets: dgram.Socket[] = [];
+  const udpPeers: RawSipUdpPeer[] = [];
 
   before(requireSipp);
 
@@ -32,6 +34,7 @@ describe('dialogs: in-dialog requests, routes and connections', function () {
       await Promise.allSettled(sipps.splice(0).map((s) => s.stop()));
       await peer?.close();
       await Promise.allSettled(sockets.splice(0).map(closeUdp));
+      await Promise.allSettled(udpPeers.splice(0).map((p) => p.close()));
       await gw?.close();
       gw = peer = undefined;
     }
@@ -40,6 +43,12 @@ describe('dialogs: in-dialog requests, routes and connections', function () {
   async function gateway(opts: HarnessOptions): Promise<Gateway> {
     gw = await startGateway(opts);
     return gw;
+  }
+
+  async function sipp(opts: SippOptions): Promise<SippPeer> {
+    const p = await startSipp(opts);
+    sipps.push(p);
+    return p;
   }
 
   async function registered(user: string): Promise<Softphone> {
@@ -128,5 +137,117 @@ describe('dialogs: in-dialog requests, routes and connections', function () {
     assert.equal(end.byeReceived, true, 'the browser got BYE');
     await waitFor(() => gw!.controller.list()[0]?.state === 'ended', 'the call ended');
     assert.deepEqual(gw!.controller.list()[0]!.endReason, { by: 'sip', cause: 'bye' });
+  });
+
+  it('the browser hangs up a call from a TCP trunk that closed its connection: the BYE reaches its Contact on a new one', async () => {
+    peer = await RawSipTcpPeer.listen();
+    await gateway({ trunkPort: peer.port, trunkTransport: 'tcp' });
+    const alice = await registered('alice');
+    const gwPort = gw!.sipAddress('tcp')!.port;
+    const d = trunkDialog({ peerPort: peer.port, gwPort, user: 'alice' });
+    const first = await peer.connect(gwPort);
+    first.send(d.invite(await rtpPort()));
+    const inc = await alice.nextIncoming(10_000);
+    await inc.answer();
+    const ok = await first.finalResponse('INVITE');
+    d.established(ok.text);
+    first.send(d.request('ACK'));
+    await waitFor(() => gw!.controller.list()[0]?.state === 'answered', 'the call answered');
+    await first.close();
+
+    await inc.hangup();
+    const conn = await peer.acceptedConnection(0);
+    const bye = await conn.request('BYE');
+    assert.match(bye.text, /^BYE sip:trunk@127\.0\.0\.1:\d+;transport=tcp SIP\/2\.0/, 'to the Contact of the INVITE');
+    assert.equal(headerOf(bye.text, 'Call-ID'), d.callId);
+    conn.send(responseTo(bye.text, 200, 'OK'));
+    await waitFor(() => gw!.controller.list()[0]?.state === 'ended', 'the call ended');
+  });
+
+  it('a TCP trunk answers, then closes the connection; the browser hangs up and the BYE reaches the trunk on a new connection', async () => {
+    peer = await RawSipTcpPeer.listen();
+    await gateway({ trunkPort: peer.port, trunkTransport: 'tcp' });
+    const alice = await registered('alice');
+    const call = alice.call('sip:1000@127.0.0.1');
+    const first = await peer.acceptedConnection(0);
+    const invite = await first.request('INVITE');
+    const contact = `Contact: <sip:trunk@127.0.0.1:${peer.port};transport=tcp>`;
+    first.send(responseTo(invite.text, 100, 'Trying'));
+    first.send(responseTo(invite.text, 200, 'OK', { toTag: 'trunktag', headers: [contact], body: SDP(await rtpPort()) }));
+    await call.established;
+    await first.request('ACK');
+    await first.close();
+
+    const hangup = call.hangup();
+    const second = await peer.acceptedConnection(1);
+    const bye = await second.request('BYE');
+    assert.match(bye.text, new RegExp(`^BYE sip:trunk@127\\.0\\.0\\.1:${peer.port};transport=tcp SIP/2\\.0`));
+    assert.equal(headerOf(bye.text, 'Call-ID'), headerOf(invite.text, 'Call-ID'));
+    assert.match(headerOf(bye.text, 'To') ?? '', /;tag=trunktag/);
+    second.send(responseTo(bye.text, 200, 'OK'));
+    assert.deepEqual(await hangup, { method: 'BYE', statusCode: 200 });
+    await waitFor(() => gw!.controller.list()[0]?.state === 'ended', 'the call ended');
+  });
+
+  it("sends the BYE to the 2xx's Contact, not to the first hop, when the 2xx has no Record-Route (UDP)", async () => {
+    const far = await sipp({ scenario: 'uas-bye', traceMsg: true, timeoutMs: 20_000 });
+    const uas = await sipp({ scenario: 'uas-answer-elsewhere', traceMsg: true, keys: { contact_port: String(far.port) } });
+    await gateway({ trunkPort: uas.port });
+    const alice = await registered('alice');
+    const call = alice.call('sip:1000@127.0.0.1');
+    await call.established;
+    assert.deepEqual(await call.hangup(), { method: 'BYE', statusCode: 200 });
+    const done = await far.done;
+    assert.equal(done.code, 0, `the Contact got the BYE: ${formatSippResult(done)}`);
+    const [bye] = (await far.messages()).filter((m) => m.kind === 'received' && m.method === 'BYE');
+    assert.match(bye!.text, new RegExp(`^BYE sip:far@127\\.0\\.0\\.1:${far.port} SIP/2\\.0`));
+    const first = await uas.done;
+    assert.equal(first.code, 0, formatSippResult(first));
+    assert.equal((await uas.messages()).filter((m) => m.kind === 'received' && m.method === 'BYE').length, 0, 'no BYE to the first hop');
+  });
+
+  it('a device registered over UDP with a Contact it cannot be reached at (NAT) gets its BYE where it registered from', async () => {
+    await gateway({ trunkPort: 9 });
+    const gwPort = gw!.sipAddress('udp')!.port;
+    const dev = await RawSipUdpPeer.bind();
+    udpPeers.push(dev);
+    const devPort = dev.port;
+    const send = (text: string) => dev.send(text, gwPort);
+    // Behind NAT: the Contact names a private address the gateway cannot reach.
+    const contact = 'Contact: <sip:bob@192.0.2.1:5060>';
+    const register = (cseq: number, auth: string[] = []) =>
+      [
+        'REGISTER sip:127.0.0.1 SIP/2.0',
+        `Via: SIP/2.0/UDP 127.0.0.1:${devPort};branch=z9hG4bK-reg-${cseq};rport`,
+        'Max-Forwards: 70',
+        'From: <sip:bob@127.0.0.1>;tag=regtag',
+        'To: <sip:bob@127.0.0.1>',
+        'Call-ID: reg-nat-1',
+        `CSeq: ${cseq} REGISTER`,
+        contact,
+        'Expires: 300',
+        ...auth,
+        'Content-Length: 0',
+        '',
+        '',
+      ].join('\r\n');
+    send(register(1));
+    const challenge = await dev.next(/^SIP\/2\.0 401 /, 'the 401');
+    const auth = authorizationFor({ status: 401, msg: { data: challenge } }, { username: 'bob', password: TEST_PASSWORD }, { method: 'REGISTER', uri: 'sip:127.0.0.1' });
+    assert.ok(auth);
+    send(register(2, [auth]));
+    await dev.next(/^SIP\/2\.0 200 /, 'the 200 to REGISTER');
+
+    const alice = await registered('alice');
+    const call = alice.call('sip:bob@127.0.0.1');
+    const invite = await dev.next(/^INVITE /, 'the INVITE to bob');
+    // An answer the gateway cannot bridge: it ACKs, then ends the dialog with BYE at once.
+    send(responseTo(invite, 200, 'OK', { toTag: 'devtag', headers: [contact], body: 'v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n' }));
+    await dev.next(/^ACK /, 'the ACK');
+    const bye = await dev.next(/^BYE /, 'the BYE on the registration flow');
+    assert.match(bye, /^BYE sip:bob@192\.0\.2\.1:5060 SIP\/2\.0/, 'addressed to the Contact, sent where the device registered from');
+    send(responseTo(bye, 200, 'OK'));
+    await call.established.catch(() => undefined);
+    await call.waitTerminated(10_000);
   });
 });

@@ -1,12 +1,14 @@
 /**
- * A SIP peer on raw TCP sockets, for what SIPp cannot play: a trunk that closes its connection in
- * the middle of a dialog and carries on over new ones (RFC 3261 §18). It listens on 127.0.0.1
- * (requests from the gateway arrive on connections the gateway opens) and opens its own
- * connections to the gateway. Messages are framed by Content-Length; nothing is parsed beyond
- * the start line and the headers a test asks for.
+ * SIP peers on raw sockets, for what SIPp cannot play: a trunk that closes its TCP connection in
+ * the middle of a dialog and carries on over new ones (RFC 3261 §18); a phone that registers over
+ * UDP from behind NAT. The TCP peer listens on 127.0.0.1 (requests from the gateway arrive on
+ * connections the gateway opens) and opens its own connections to the gateway. Messages are framed
+ * by Content-Length; nothing is parsed beyond the start line and the headers a test asks for.
  */
+import type dgram from 'node:dgram';
 import { once } from 'node:events';
 import net from 'node:net';
+import { bindUdp, closeUdp } from './ports.js';
 
 /** One SIP message as received. */
 export interface RawSipMessage {
@@ -189,5 +191,56 @@ export class RawSipTcpPeer {
   async close(): Promise<void> {
     for (const c of this.#all) c.socket.destroy();
     await new Promise<void>((r) => this.#server.close(() => r()));
+  }
+}
+
+/** A raw SIP peer on one UDP socket on 127.0.0.1 (a phone that registers and answers by hand). */
+export class RawSipUdpPeer {
+  readonly #socket: dgram.Socket;
+  readonly #inbox: string[] = [];
+  #waiters = new Set<() => void>();
+
+  private constructor(socket: dgram.Socket) {
+    this.#socket = socket;
+    socket.on('message', (m) => {
+      this.#inbox.push(m.toString('utf8'));
+      for (const w of [...this.#waiters]) w();
+    });
+  }
+
+  static async bind(): Promise<RawSipUdpPeer> {
+    return new RawSipUdpPeer(await bindUdp(0));
+  }
+
+  get port(): number {
+    return this.#socket.address().port;
+  }
+
+  send(text: string, port: number): void {
+    this.#socket.send(text, port, '127.0.0.1');
+  }
+
+  /** Takes the first message received (and not taken yet) whose text matches `re`, waiting up to `timeoutMs`. */
+  next(re: RegExp, what: string, timeoutMs = 10_000): Promise<string> {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        const i = this.#inbox.findIndex((t) => re.test(t));
+        if (i < 0) return;
+        const [m] = this.#inbox.splice(i, 1);
+        clearTimeout(timer);
+        this.#waiters.delete(check);
+        resolve(m!);
+      };
+      const timer = setTimeout(() => {
+        this.#waiters.delete(check);
+        reject(new Error(`timed out waiting for ${what}`));
+      }, timeoutMs);
+      this.#waiters.add(check);
+      check();
+    });
+  }
+
+  close(): Promise<void> {
+    return closeUdp(this.#socket);
   }
 }

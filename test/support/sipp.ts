@@ -28,6 +28,8 @@ export type SippScenarioName =
   | 'uas-registrar'
   | 'uas-registrar-busy'
   | 'uas-options'
+  | 'uas-answer-elsewhere'
+  | 'uas-bye'
   | 'uac-self-test';
 
 export interface SippOptions {
@@ -146,6 +148,9 @@ const SCENARIO_DEFAULTS: Readonly<Record<SippScenarioName, ScenarioDefaults>> = 
   'uas-registrar': { keys: () => ({ user: 'gwtrunk', password: 'trunk-secret', expires: '3' }) },
   'uas-registrar-busy': { keys: () => ({ retry_after: '1', min_expires: '5', expires: '5' }) },
   'uas-options': { keys: () => ({}) },
+  // contact_port has no default: the test names where the Contact points.
+  'uas-answer-elsewhere': { keys: () => ({}) },
+  'uas-bye': { keys: () => ({}) },
 };
 
 const HERE = dirname(fileURLToPath(import.meta.url));
