@@ -62,6 +62,19 @@ export interface SipStackOptions {
 const ALLOW = 'INVITE, ACK, CANCEL, BYE, OPTIONS, INFO';
 
 /**
+ * Option tags (RFC 3261 §19.2) of the extensions this stack implements: none yet. No 100rel (RFC
+ * 3262), precondition, timer (RFC 4028), replaces (RFC 3891); RFC 5626 keep-alives are answered
+ * but 'outbound' is not claimed (no Supported/Require: outbound is ever sent).
+ */
+const SUPPORTED_OPTIONS: ReadonlySet<string> = new Set<string>();
+
+/** The option tags a request's Require header lists that we do not support (RFC 3261 §8.2.2.3). */
+function unsupportedRequired(req: ParsedRequest): string[] {
+  const tags = req.msg.getHeaders('require').flatMap((v) => v.split(',')).map((t) => t.trim()).filter((t) => t !== '');
+  return [...new Set(tags.filter((t) => !SUPPORTED_OPTIONS.has(t.toLowerCase())))];
+}
+
+/**
  * The embedded SIP backend: transports, RFC 3261 transactions, message routing and dialog
  * matching. Parsing is sip.js core's; transactions are ours (see transactions.ts).
  */
@@ -239,6 +252,9 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
     if (mf !== undefined && Number(mf) === 0) return this.#ctx.respond(txn, 483);
 
     if (req.method === 'CANCEL') return this.#onCancel(req, txn);
+    // §8.2.2.3: an extension the request requires and we lack refuses it (never for ACK or CANCEL).
+    const unsupported = unsupportedRequired(req);
+    if (unsupported.length > 0) return this.#ctx.respond(txn, 420, { headers: [`Unsupported: ${unsupported.join(', ')}`] });
     if (req.msg.toTag) {
       const owner = this.#dialogs.get(Dialog.key(req.msg.callId, req.msg.toTag, req.msg.fromTag));
       if (owner) return owner.onRequest(req, txn);

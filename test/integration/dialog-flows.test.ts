@@ -250,4 +250,23 @@ describe('dialogs: in-dialog requests, routes and connections', function () {
     await call.established.catch(() => undefined);
     await call.waitTerminated(10_000);
   });
+
+  it('answers an INVITE that requires extensions it lacks with 420 listing them in Unsupported; the same INVITE without Require rings', async () => {
+    await gateway({ trunkPort: 9 });
+    const alice = await registered('alice');
+    const remote = `127.0.0.1:${gw!.sipAddress('udp')!.port}`;
+    const refused = await sipp({ scenario: 'uac-require', remote, traceMsg: true, keys: { to_user: 'alice' } });
+    const r = await refused.done;
+    assert.equal(r.code, 0, formatSippResult(r));
+    const [bad] = (await refused.messages()).filter((m) => m.kind === 'received' && m.status === 420);
+    assert.match(bad!.text, /^Unsupported: 100rel, precondition$/m);
+    assert.equal(gw!.stats().totalCalls, 0, 'no call was created');
+
+    const caller = await sipp({ scenario: 'uac-call', remote, keys: { to_user: 'alice', hangup_ms: '500', bye_wait_ms: '15000', linger_ms: '0' } });
+    const inc = await alice.nextIncoming(10_000);
+    await inc.answer();
+    await inc.waitTerminated(10_000);
+    const done = await caller.done;
+    assert.equal(done.code, 0, formatSippResult(done));
+  });
 });

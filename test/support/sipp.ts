@@ -30,6 +30,7 @@ export type SippScenarioName =
   | 'uas-options'
   | 'uas-answer-elsewhere'
   | 'uas-bye'
+  | 'uac-require'
   | 'uac-self-test';
 
 export interface SippOptions {
@@ -151,6 +152,7 @@ const SCENARIO_DEFAULTS: Readonly<Record<SippScenarioName, ScenarioDefaults>> = 
   // contact_port has no default: the test names where the Contact points.
   'uas-answer-elsewhere': { keys: () => ({}) },
   'uas-bye': { keys: () => ({}) },
+  'uac-require': { keys: () => ({ to_user: 'alice' }) },
 };
 
 const HERE = dirname(fileURLToPath(import.meta.url));
