@@ -5,7 +5,8 @@ import type { Flow } from './transport/flow.js';
 export class Dialog {
   readonly id: string;
   localSeq: number;
-  remoteSeq: number;
+  /** The peer's last CSeq; undefined in a dialog we started until the peer's first request (RFC 3261 §12.1.2). */
+  remoteSeq: number | undefined;
   /** Last ACK we sent for a 2xx, re-sent if the 2xx is retransmitted. */
   lastAck: string | undefined;
 
@@ -20,7 +21,7 @@ export class Dialog {
     readonly remoteTarget: string,
     readonly routeSet: string[],
     localSeq: number,
-    remoteSeq: number,
+    remoteSeq: number | undefined,
     /** The flow the last in-dialog request went on (first: the one the dialog was made on); see in-dialog.ts dialogFlow(). */
     public flow: Flow,
   ) {
@@ -43,7 +44,17 @@ export class Dialog {
   /** UAC side, from our INVITE's headers and the 2xx. */
   static asUac(res: ParsedResponse, fromHeader: string, localTag: string, cseq: number, flow: Flow, fallbackTarget: string): Dialog {
     const m = res.msg;
-    return new Dialog(m.callId, localTag, m.toTag, fromHeader, m.getHeader('to') ?? '', contactUri(m) ?? fallbackTarget, recordRoutes(m).reverse(), cseq, 0, flow);
+    return new Dialog(m.callId, localTag, m.toTag, fromHeader, m.getHeader('to') ?? '', contactUri(m) ?? fallbackTarget, recordRoutes(m).reverse(), cseq, undefined, flow);
+  }
+
+  /**
+   * RFC 3261 §12.2.2: takes the CSeq of a request inside the dialog (never ACK or CANCEL, which
+   * keep their INVITE's). False when it is lower than the last one: out of order, answer 500.
+   */
+  acceptRemoteSeq(cseq: number): boolean {
+    if (this.remoteSeq !== undefined && cseq < this.remoteSeq) return false;
+    this.remoteSeq = cseq;
+    return true;
   }
 
   /**

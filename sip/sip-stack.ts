@@ -85,7 +85,7 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
   #transports = new Map<TransportKind, SipTransport>();
   #client = new Map<string, ClientTransaction>();
   #server = new Map<string, ServerTransaction>();
-  #dialogs = new Map<string, DialogOwner>();
+  #dialogs = new Map<string, { dialog: Dialog; owner: DialogOwner }>();
   #inviteLegs = new Map<string, InboundCallLeg>();
   #flowLegs = new Map<string, Set<FlowBound>>();
   #retransmissions = 0;
@@ -256,9 +256,10 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
     const unsupported = unsupportedRequired(req);
     if (unsupported.length > 0) return this.#ctx.respond(txn, 420, { headers: [`Unsupported: ${unsupported.join(', ')}`] });
     if (req.msg.toTag) {
-      const owner = this.#dialogs.get(Dialog.key(req.msg.callId, req.msg.toTag, req.msg.fromTag));
-      if (owner) return owner.onRequest(req, txn);
-      return this.#ctx.respond(txn, 481);
+      const d = this.#dialogs.get(Dialog.key(req.msg.callId, req.msg.toTag, req.msg.fromTag));
+      if (!d) return this.#ctx.respond(txn, 481);
+      if (!d.dialog.acceptRemoteSeq(req.msg.cseq)) return this.#ctx.respond(txn, 500, { reason: 'Server Internal Error (CSeq out of order)' });
+      return d.owner.onRequest(req, txn);
     }
     switch (req.method) {
       case 'INVITE':
@@ -304,14 +305,14 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
   }
 
   #dialogAck(req: ParsedRequest): void {
-    this.#dialogs.get(Dialog.key(req.msg.callId, req.msg.toTag, req.msg.fromTag))?.onAck(req);
+    this.#dialogs.get(Dialog.key(req.msg.callId, req.msg.toTag, req.msg.fromTag))?.owner.onAck(req);
   }
 
   #onResponse(res: ParsedResponse): void {
     const txn = this.#client.get(clientKey(res.topVia.branch ?? '', res.method));
     if (txn) return txn.receive(res);
     if (res.method === 'INVITE' && res.status >= 200 && res.status < 300) {
-      this.#dialogs.get(Dialog.key(res.msg.callId, res.msg.fromTag, res.msg.toTag))?.on2xxRetransmission(res);
+      this.#dialogs.get(Dialog.key(res.msg.callId, res.msg.fromTag, res.msg.toTag))?.owner.on2xxRetransmission(res);
     }
   }
 
@@ -401,7 +402,7 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
         return `SIP/2.0/${proto} ${sentBy};branch=${branch};rport`;
       },
       contact: (flow, user = 'gw') => `<sip:${user}@${hostPort(flow)};transport=${transportParam(flow)}>`,
-      registerDialog: (d, owner) => void this.#dialogs.set(d.id, owner),
+      registerDialog: (dialog, owner) => void this.#dialogs.set(dialog.id, { dialog, owner }),
       unregisterDialog: (d) => void this.#dialogs.delete(d.id),
       bindFlow: (flow, leg) => {
         let set = this.#flowLegs.get(flow.id);

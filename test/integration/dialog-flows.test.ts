@@ -269,4 +269,32 @@ describe('dialogs: in-dialog requests, routes and connections', function () {
     const done = await caller.done;
     assert.equal(done.code, 0, formatSippResult(done));
   });
+
+  it('answers an in-dialog request with a CSeq lower than the last one 500 (out of order), in a dialog it answered', async () => {
+    await gateway({ trunkPort: 9 });
+    const alice = await registered('alice');
+    const caller = await sipp({ scenario: 'uac-cseq-order', remote: `127.0.0.1:${gw!.sipAddress('udp')!.port}`, traceMsg: true });
+    const inc = await alice.nextIncoming(10_000);
+    await inc.answer();
+    const end = await inc.waitTerminated(10_000);
+    assert.equal(end.byeReceived, true);
+    const done = await caller.done;
+    assert.equal(done.code, 0, formatSippResult(done));
+    const statuses = (await caller.messages()).filter((m) => m.kind === 'received' && m.cseq?.method === 'INFO').map((m) => `${m.cseq?.seq} ${m.status}`);
+    assert.deepEqual(statuses, ['4 500', '11 200']);
+  });
+
+  it("takes the far end's first in-dialog CSeq as its sequence in a dialog it started, then answers a lower one 500", async () => {
+    const uas = await sipp({ scenario: 'uas-cseq-order', traceMsg: true });
+    await gateway({ trunkPort: uas.port });
+    const alice = await registered('alice');
+    const call = alice.call('sip:1000@127.0.0.1');
+    await call.established;
+    const end = await call.waitTerminated(10_000);
+    assert.equal(end.byeReceived, true);
+    const done = await uas.done;
+    assert.equal(done.code, 0, formatSippResult(done));
+    const statuses = (await uas.messages()).filter((m) => m.kind === 'received' && m.cseq?.method === 'INFO').map((m) => `${m.cseq?.seq} ${m.status}`);
+    assert.deepEqual(statuses, ['7 200', '3 500']);
+  });
 });

@@ -31,6 +31,8 @@ export type SippScenarioName =
   | 'uas-answer-elsewhere'
   | 'uas-bye'
   | 'uac-require'
+  | 'uac-cseq-order'
+  | 'uas-cseq-order'
   | 'uac-self-test';
 
 export interface SippOptions {
@@ -153,6 +155,8 @@ const SCENARIO_DEFAULTS: Readonly<Record<SippScenarioName, ScenarioDefaults>> = 
   'uas-answer-elsewhere': { keys: () => ({}) },
   'uas-bye': { keys: () => ({}) },
   'uac-require': { keys: () => ({ to_user: 'alice' }) },
+  'uac-cseq-order': { keys: () => ({ to_user: 'alice' }) },
+  'uas-cseq-order': { keys: () => ({}) },
 };
 
 const HERE = dirname(fileURLToPath(import.meta.url));

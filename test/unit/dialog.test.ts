@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { Dialog } from '../../sip/dialog.js';
-import { parseSipMessage, type ParsedRequest } from '../../sip/message.js';
+import { parseSipMessage, type ParsedRequest, type ParsedResponse } from '../../sip/message.js';
 import type { Flow } from '../../sip/transport/flow.js';
 
 const flow: Flow = { id: 'udp:10.0.0.1:5060', transport: 'udp', reliable: false, local: { address: '10.0.0.9', port: 5060 }, remote: { address: '10.0.0.1', port: 5060 }, send: () => undefined };
@@ -59,5 +59,29 @@ describe('Dialog: where in-dialog requests go (RFC 3261 §12.2.1.1)', () => {
       lines(text).filter((l) => l.startsWith('Route:')),
       ['Route: <sip:p2.example.com;lr>', 'Route: <sip:bob@10.0.0.2:5070>'],
     );
+  });
+});
+
+describe('Dialog: the remote CSeq (RFC 3261 §12.2.2)', () => {
+  it('in a dialog it answered, starts from the INVITE and refuses lower numbers, keeping the highest', () => {
+    const d = uasDialog([]);
+    assert.equal(d.remoteSeq, 10);
+    assert.equal(d.acceptRemoteSeq(9), false, 'lower than the INVITE: out of order');
+    assert.equal(d.remoteSeq, 10);
+    assert.equal(d.acceptRemoteSeq(10), true);
+    assert.equal(d.acceptRemoteSeq(12), true, 'gaps are fine');
+    assert.equal(d.acceptRemoteSeq(11), false);
+    assert.equal(d.remoteSeq, 12);
+  });
+
+  it('in a dialog it started, takes whatever the first request from the peer says', () => {
+    const text = ['SIP/2.0 200 OK', 'Via: SIP/2.0/UDP 10.0.0.9:5060;branch=z9hG4bKy', 'From: <sip:gw@example.com>;tag=lt', 'To: <sip:bob@example.com>;tag=rt', 'Call-ID: call-2', 'CSeq: 1 INVITE', 'Contact: <sip:bob@10.0.0.2>', 'Content-Length: 0', '', ''].join('\r\n');
+    const p = parseSipMessage(text);
+    assert.equal(p.kind, 'response');
+    const d = Dialog.asUac(p as ParsedResponse, '<sip:gw@example.com>;tag=lt', 'lt', 1, flow, 'sip:bob@example.com');
+    assert.equal(d.remoteSeq, undefined);
+    assert.equal(d.acceptRemoteSeq(0), true, 'even 0');
+    assert.equal(d.acceptRemoteSeq(5), true);
+    assert.equal(d.acceptRemoteSeq(4), false);
   });
 });
