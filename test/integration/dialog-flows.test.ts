@@ -289,9 +289,10 @@ describe('dialogs: in-dialog requests, routes and connections', function () {
     await gateway({ trunkPort: uas.port });
     const alice = await registered('alice');
     const call = alice.call('sip:1000@127.0.0.1');
-    await call.established;
-    const end = await call.waitTerminated(10_000);
-    assert.equal(end.byeReceived, true);
+    // SIPp's requests follow its ACK at once, maybe before the browser has its answer: how the
+    // browser's side ends (BYE, or 480 before it was answered) is not what this test is about.
+    call.established.catch(() => undefined);
+    await call.waitTerminated(10_000);
     const done = await uas.done;
     assert.equal(done.code, 0, formatSippResult(done));
     const statuses = (await uas.messages()).filter((m) => m.kind === 'received' && m.cseq?.method === 'INFO').map((m) => `${m.cseq?.seq} ${m.status}`);
