@@ -62,6 +62,19 @@ export interface SipStackOptions {
 const ALLOW = 'INVITE, ACK, CANCEL, BYE, OPTIONS, INFO';
 
 /**
+ * Option tags (RFC 3261 §19.2) of the extensions this stack implements: none yet. No 100rel (RFC
+ * 3262), precondition, timer (RFC 4028), replaces (RFC 3891); RFC 5626 keep-alives are answered
+ * but 'outbound' is not claimed (no Supported/Require: outbound is ever sent).
+ */
+const SUPPORTED_OPTIONS: ReadonlySet<string> = new Set<string>();
+
+/** The option tags a request's Require header lists that we do not support (RFC 3261 §8.2.2.3). */
+function unsupportedRequired(req: ParsedRequest): string[] {
+  const tags = req.msg.getHeaders('require').flatMap((v) => v.split(',')).map((t) => t.trim()).filter((t) => t !== '');
+  return [...new Set(tags.filter((t) => !SUPPORTED_OPTIONS.has(t.toLowerCase())))];
+}
+
+/**
  * The embedded SIP backend: transports, RFC 3261 transactions, message routing and dialog
  * matching. Parsing is sip.js core's; transactions are ours (see transactions.ts).
  */
@@ -72,7 +85,7 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
   #transports = new Map<TransportKind, SipTransport>();
   #client = new Map<string, ClientTransaction>();
   #server = new Map<string, ServerTransaction>();
-  #dialogs = new Map<string, DialogOwner>();
+  #dialogs = new Map<string, { dialog: Dialog; owner: DialogOwner }>();
   #inviteLegs = new Map<string, InboundCallLeg>();
   #flowLegs = new Map<string, Set<FlowBound>>();
   #retransmissions = 0;
@@ -239,10 +252,14 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
     if (mf !== undefined && Number(mf) === 0) return this.#ctx.respond(txn, 483);
 
     if (req.method === 'CANCEL') return this.#onCancel(req, txn);
+    // §8.2.2.3: an extension the request requires and we lack refuses it (never for ACK or CANCEL).
+    const unsupported = unsupportedRequired(req);
+    if (unsupported.length > 0) return this.#ctx.respond(txn, 420, { headers: [`Unsupported: ${unsupported.join(', ')}`] });
     if (req.msg.toTag) {
-      const owner = this.#dialogs.get(Dialog.key(req.msg.callId, req.msg.toTag, req.msg.fromTag));
-      if (owner) return owner.onRequest(req, txn);
-      return this.#ctx.respond(txn, 481);
+      const d = this.#dialogs.get(Dialog.key(req.msg.callId, req.msg.toTag, req.msg.fromTag));
+      if (!d) return this.#ctx.respond(txn, 481);
+      if (!d.dialog.acceptRemoteSeq(req.msg.cseq)) return this.#ctx.respond(txn, 500, { reason: 'Server Internal Error (CSeq out of order)' });
+      return d.owner.onRequest(req, txn);
     }
     switch (req.method) {
       case 'INVITE':
@@ -288,14 +305,14 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
   }
 
   #dialogAck(req: ParsedRequest): void {
-    this.#dialogs.get(Dialog.key(req.msg.callId, req.msg.toTag, req.msg.fromTag))?.onAck(req);
+    this.#dialogs.get(Dialog.key(req.msg.callId, req.msg.toTag, req.msg.fromTag))?.owner.onAck(req);
   }
 
   #onResponse(res: ParsedResponse): void {
     const txn = this.#client.get(clientKey(res.topVia.branch ?? '', res.method));
     if (txn) return txn.receive(res);
     if (res.method === 'INVITE' && res.status >= 200 && res.status < 300) {
-      this.#dialogs.get(Dialog.key(res.msg.callId, res.msg.fromTag, res.msg.toTag))?.on2xxRetransmission(res);
+      this.#dialogs.get(Dialog.key(res.msg.callId, res.msg.fromTag, res.msg.toTag))?.owner.on2xxRetransmission(res);
     }
   }
 
@@ -351,6 +368,7 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
     return {
       timers: this.timers,
       log: this.#log,
+      closed: () => this.#closed,
       respond: (txn: ServerTransaction, status: number, opts: ResponseOptions = {}) => {
         const headers = [...(opts.headers ?? [])];
         if (this.#opts.userAgent) headers.push(`Server: ${this.#opts.userAgent}`);
@@ -368,6 +386,9 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
       },
       sendRaw: (flow, text) => this.#sendSafely(flow, text),
       flowById: (kind, id) => this.#transports.get(kind)?.flowById(id),
+      pinned: (flow) => flow.transport === 'ws' || (this.#access?.location.all().some((b) => b.source.flowId === flow.id) ?? false),
+      // Connections we open come from ephemeral ports; accepted ones are on the listening port.
+      accepted: (flow) => flow.transport === 'ws' || (flow.reliable && flow.local.port === this.address(flow.transport)?.port),
       domain: (flow) => announce(flow),
       resolve: (target) => this.#resolver.resolve(target),
       flowTo: async (kind, dest) => {
@@ -381,7 +402,7 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
         return `SIP/2.0/${proto} ${sentBy};branch=${branch};rport`;
       },
       contact: (flow, user = 'gw') => `<sip:${user}@${hostPort(flow)};transport=${transportParam(flow)}>`,
-      registerDialog: (d, owner) => void this.#dialogs.set(d.id, owner),
+      registerDialog: (dialog, owner) => void this.#dialogs.set(dialog.id, { dialog, owner }),
       unregisterDialog: (d) => void this.#dialogs.delete(d.id),
       bindFlow: (flow, leg) => {
         let set = this.#flowLegs.get(flow.id);

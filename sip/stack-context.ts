@@ -22,6 +22,8 @@ export interface FlowBound {
 export interface StackContext {
   readonly timers: SipTimers;
   readonly log: Logger;
+  /** True once the stack has closed: nothing may start a transaction any more. */
+  closed(): boolean;
   respond(txn: ServerTransaction, status: number, opts?: ResponseOptions): void;
   /** Starts a client transaction for `text` on `flow`. */
   sendRequest(flow: Flow, method: string, branch: string, text: string, buildAck?: (res: ParsedResponse) => string): ClientTransaction;
@@ -31,6 +33,13 @@ export interface StackContext {
   /** RFC 3263: a target's destinations in order of preference. */
   resolve(target: SipTarget): Promise<Destination[]>;
   flowById(transport: TransportKind, id: string): Flow | undefined;
+  /**
+   * Requests to the peer on `flow` can only go down it: a WebSocket (RFC 7118), or the flow a
+   * device registered from (its Contact may be an address behind NAT).
+   */
+  pinned(flow: Flow): boolean;
+  /** A connection the peer opened to our listener: its remote port is not where the peer listens. */
+  accepted(flow: Flow): boolean;
   /** The host part for our URIs on this flow (the announced address). */
   domain(flow: Flow): string;
   via(flow: Flow, branch: string): string;

@@ -36,6 +36,11 @@ export type SippScenarioName =
   | 'uas-registrar'
   | 'uas-registrar-busy'
   | 'uas-options'
+  | 'uas-answer-elsewhere'
+  | 'uas-bye'
+  | 'uac-require'
+  | 'uac-cseq-order'
+  | 'uas-cseq-order'
   | 'uac-self-test';
 
 export interface SippOptions {
@@ -163,6 +168,12 @@ const SCENARIO_DEFAULTS: Readonly<Record<SippScenarioName, ScenarioDefaults>> = 
   'uas-registrar': { keys: () => ({ user: 'gwtrunk', password: 'trunk-secret', expires: '3' }) },
   'uas-registrar-busy': { keys: () => ({ retry_after: '1', min_expires: '5', expires: '5' }) },
   'uas-options': { keys: () => ({}) },
+  // contact_port has no default: the test names where the Contact points.
+  'uas-answer-elsewhere': { keys: () => ({}) },
+  'uas-bye': { keys: () => ({}) },
+  'uac-require': { keys: () => ({ to_user: 'alice' }) },
+  'uac-cseq-order': { keys: () => ({ to_user: 'alice' }) },
+  'uas-cseq-order': { keys: () => ({}) },
 };
 
 const HERE = dirname(fileURLToPath(import.meta.url));
