@@ -3,7 +3,9 @@ import tls from 'node:tls';
 import { EventEmitter, once } from 'node:events';
 import type { Address, Flow, FlowDestination, SipTransport, TransportEvents } from './flow.js';
 import { StreamFramer } from './stream-framer.js';
-import { TransportError, createTlsServer, identityName, tlsConnectOptions, trustedRoots, type TlsMaterial } from './tls.js';
+import { createTlsServer, identityName, tlsConnectOptions, trustedRoots, type TlsMaterial } from './tls.js';
+import { TransportError } from './errors.js';
+import { unmapIPv4 } from './address.js';
 
 export interface StreamTransportOptions {
   kind: 'tcp' | 'tls';
@@ -113,14 +115,14 @@ export class StreamTransport extends EventEmitter<TransportEvents> implements Si
       socket.destroy();
       return undefined;
     }
-    const remote = { address: socket.remoteAddress ?? '', port: socket.remotePort ?? 0 };
+    const remote = { address: unmapIPv4(socket.remoteAddress ?? ''), port: socket.remotePort ?? 0 };
     const key = `${remote.address}:${remote.port}`;
     const label = this.kind.toUpperCase();
     const flow: Flow = {
       id: `${this.kind}:${this.#nextId++}:${key}`,
       transport: this.kind,
       reliable: true,
-      local: { address: socket.localAddress ?? '', port: socket.localPort ?? 0 },
+      local: { address: unmapIPv4(socket.localAddress ?? ''), port: socket.localPort ?? 0 },
       remote,
       send: (data: string) => {
         if (socket.destroyed || !socket.writable) throw new Error(`${label} flow ${key} closed`);
@@ -197,7 +199,7 @@ export class StreamTransport extends EventEmitter<TransportEvents> implements Si
 
   async flowTo(dest: FlowDestination): Promise<Flow> {
     if (this.#closed) throw new Error(`${this.kind.toUpperCase()} transport closed`);
-    const key = `${dest.address}:${dest.port}`;
+    const key = `${unmapIPv4(dest.address)}:${dest.port}`;
     const verify = this.kind === 'tls' && (dest.verify ?? true);
     const name = this.kind === 'tls' ? identityName(dest) : undefined;
     for (const c of this.#byRemote.get(key) ?? []) {

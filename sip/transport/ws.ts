@@ -4,6 +4,7 @@ import { EventEmitter } from 'node:events';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { Address, Flow, SipTransport, TransportEvents } from './flow.js';
 import { MAX_SIP_MESSAGE } from './flow.js';
+import { unmapIPv4 } from './address.js';
 
 /**
  * SIP over WebSocket (RFC 7118) on an existing HTTP server: any path, subprotocol `sip`.
@@ -61,7 +62,7 @@ export class WsTransport extends EventEmitter<TransportEvents> implements SipTra
   }
 
   #adopt(ws: WebSocket, req: http.IncomingMessage): void {
-    const remote = { address: req.socket.remoteAddress ?? '', port: req.socket.remotePort ?? 0 };
+    const remote = { address: unmapIPv4(req.socket.remoteAddress ?? ''), port: req.socket.remotePort ?? 0 };
     const flow: Flow = {
       id: `ws:${this.#nextId++}:${remote.address}:${remote.port}`,
       transport: 'ws',
