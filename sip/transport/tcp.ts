@@ -30,6 +30,7 @@ interface Connection {
   readonly socket: net.Socket;
   /** TLS connections we opened with verification on: the name the certificate was verified against. */
   readonly verifiedName: string | undefined;
+  readonly framer: StreamFramer;
   keepAlive?: NodeJS.Timeout;
   pongTimer?: NodeJS.Timeout;
   /** The peer answered a ping once, so a missing pong later means it is gone. */
@@ -130,14 +131,13 @@ export class StreamTransport extends EventEmitter<TransportEvents> implements Si
         this.emit('sent', data, flow);
       },
     };
-    const conn: Connection = { flow, socket, verifiedName, answersPings: false };
+    const conn: Connection = { flow, socket, verifiedName, framer: new StreamFramer(), answersPings: false };
     this.#connections.add(conn);
     let set = this.#byRemote.get(key);
     if (!set) this.#byRemote.set(key, (set = new Set()));
     set.add(conn);
     this.#byId.set(flow.id, flow);
 
-    const framer = new StreamFramer();
     socket.setNoDelay(true);
     socket.setKeepAlive(true, TCP_KEEPALIVE_MS);
     socket.on('data', (chunk: Buffer) => {
@@ -149,7 +149,7 @@ export class StreamTransport extends EventEmitter<TransportEvents> implements Si
       }
       let messages: string[];
       try {
-        messages = framer.push(
+        messages = conn.framer.push(
           chunk,
           () => socket.write('\r\n'),
           () => void (awaitingPong && (conn.answersPings = true)),
@@ -185,6 +185,7 @@ export class StreamTransport extends EventEmitter<TransportEvents> implements Si
     conn.keepAlive = setInterval(() => {
       if (conn.socket.destroyed || !conn.socket.writable) return;
       conn.socket.write('\r\n\r\n');
+      conn.framer.pingSent();
       // The watch also teaches us whether the peer answers (see the 'data' handler).
       conn.pongTimer ??= setTimeout(() => {
         conn.pongTimer = undefined;
