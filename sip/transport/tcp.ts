@@ -6,8 +6,9 @@ import { StreamFramer } from './stream-framer.js';
 import { createTlsServer, identityName, tlsConnectOptions, trustedRoots, type TlsMaterial } from './tls.js';
 import { TransportError } from './errors.js';
 import { unmapIPv4 } from './address.js';
+import { resolveLimits, type ConnectionLimits } from './limits.js';
 
-export interface StreamTransportOptions {
+export interface StreamTransportOptions extends ConnectionLimits {
   kind: 'tcp' | 'tls';
   /** Where to listen; absent: outgoing connections only. */
   listen?: { host: string; port: number };
@@ -47,6 +48,7 @@ export class StreamTransport extends EventEmitter<TransportEvents> implements Si
   #server: net.Server | undefined;
   #local: Address = { address: '', port: 0 };
   #opts: StreamTransportOptions;
+  #limits: Required<ConnectionLimits>;
   #roots: string[] | undefined;
   #byRemote = new Map<string, Set<Connection>>();
   #connections = new Set<Connection>();
@@ -60,6 +62,7 @@ export class StreamTransport extends EventEmitter<TransportEvents> implements Si
     super();
     this.kind = opts.kind;
     this.#opts = opts;
+    this.#limits = resolveLimits(opts);
     this.#roots = opts.kind === 'tls' ? trustedRoots(opts.tls) : undefined;
   }
 
@@ -127,7 +130,8 @@ export class StreamTransport extends EventEmitter<TransportEvents> implements Si
       remote,
       send: (data: string) => {
         if (socket.destroyed || !socket.writable) throw new Error(`${label} flow ${key} closed`);
-        socket.write(data);
+        const overflow = this.#write(conn, data);
+        if (overflow) throw overflow;
         this.emit('sent', data, flow);
       },
     };
@@ -151,7 +155,7 @@ export class StreamTransport extends EventEmitter<TransportEvents> implements Si
       try {
         messages = conn.framer.push(
           chunk,
-          () => socket.write('\r\n'),
+          () => void this.#write(conn, '\r\n'),
           () => void (awaitingPong && (conn.answersPings = true)),
         );
       } catch (err) {
@@ -178,13 +182,30 @@ export class StreamTransport extends EventEmitter<TransportEvents> implements Si
   }
 
   /**
+   * Writes unless the peer has stopped reading: past maxWriteBufferBytes of unsent data the
+   * connection is closed (flowClosed follows) and the error, also emitted, is returned.
+   */
+  #write(conn: Connection, data: string): TransportError | undefined {
+    const { socket, flow } = conn;
+    const queued = socket.writableLength;
+    if (queued <= this.#limits.maxWriteBufferBytes) {
+      socket.write(data);
+      return undefined;
+    }
+    const err = new TransportError('GW_SIP_WRITE_OVERFLOW', `${this.kind.toUpperCase()} flow ${flow.remote.address}:${flow.remote.port} closed: the peer is not reading (${queued} bytes unsent)`, { flowId: flow.id });
+    socket.destroy();
+    this.emit('error', err);
+    return err;
+  }
+
+  /**
    * RFC 5626 §4.4.1 CRLF keep-alive. Peers that only follow RFC 3261 ignore the CRLFs (§7.5) and
    * never answer, so a missing pong ends the connection only once the peer has answered one.
    */
   #startKeepAlive(conn: Connection, everyMs: number): void {
     conn.keepAlive = setInterval(() => {
       if (conn.socket.destroyed || !conn.socket.writable) return;
-      conn.socket.write('\r\n\r\n');
+      if (this.#write(conn, '\r\n\r\n')) return;
       conn.framer.pingSent();
       // The watch also teaches us whether the peer answers (see the 'data' handler).
       conn.pongTimer ??= setTimeout(() => {

@@ -5,6 +5,13 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import type { Address, Flow, SipTransport, TransportEvents } from './flow.js';
 import { MAX_SIP_MESSAGE } from './flow.js';
 import { unmapIPv4 } from './address.js';
+import { TransportError } from './errors.js';
+import { resolveLimits, type ConnectionLimits } from './limits.js';
+
+export interface WsTransportOptions extends Omit<ConnectionLimits, 'idleTimeoutMs'> {
+  /** WebSocket ping every this many ms; a client that has not answered the previous one is dropped (0 or absent: off). */
+  heartbeatMs?: number;
+}
 
 /**
  * SIP over WebSocket (RFC 7118) on an existing HTTP server: any path, subprotocol `sip`.
@@ -24,9 +31,12 @@ export class WsTransport extends EventEmitter<TransportEvents> implements SipTra
   #heartbeat: NodeJS.Timeout | undefined;
   #alive = new WeakSet<WebSocket>();
 
-  constructor(server: http.Server, opts: { heartbeatMs?: number } = {}) {
+  #limits: Required<ConnectionLimits>;
+
+  constructor(server: http.Server, opts: WsTransportOptions = {}) {
     super();
     this.#server = server;
+    this.#limits = resolveLimits(opts);
     if (opts.heartbeatMs) {
       // A browser that vanished without closing (network loss, sleep) would otherwise keep its
       // registration and calls until they expire: ping frames find it within two intervals.
@@ -71,7 +81,8 @@ export class WsTransport extends EventEmitter<TransportEvents> implements SipTra
       remote,
       send: (data: string) => {
         if (ws.readyState !== ws.OPEN) throw new Error('WebSocket flow closed');
-        ws.send(data);
+        const overflow = this.#send(ws, flow, data);
+        if (overflow) throw overflow;
         this.emit('sent', data, flow);
       },
     };
@@ -82,7 +93,7 @@ export class WsTransport extends EventEmitter<TransportEvents> implements SipTra
       this.#alive.add(ws);
       if (text.trim() === '') {
         // RFC 5626 §4.4.1 keep-alive (SIP.js's keepAliveInterval): a double CRLF ping gets a CRLF pong.
-        if (text === '\r\n\r\n' && ws.readyState === ws.OPEN) ws.send('\r\n');
+        if (text === '\r\n\r\n' && ws.readyState === ws.OPEN) this.#send(ws, flow, '\r\n');
         return;
       }
       this.emit('message', text, flow);
@@ -93,6 +104,22 @@ export class WsTransport extends EventEmitter<TransportEvents> implements SipTra
       this.#flows.delete(flow.id);
       this.emit('flowClosed', flow);
     });
+  }
+
+  /**
+   * Sends unless the client has stopped reading: past maxWriteBufferBytes of unsent data the
+   * connection is dropped (flowClosed follows) and the error, also emitted, is returned.
+   */
+  #send(ws: WebSocket, flow: Flow, data: string): TransportError | undefined {
+    const queued = ws.bufferedAmount;
+    if (queued <= this.#limits.maxWriteBufferBytes) {
+      ws.send(data);
+      return undefined;
+    }
+    const err = new TransportError('GW_SIP_WRITE_OVERFLOW', `WebSocket flow ${flow.remote.address}:${flow.remote.port} closed: the client is not reading (${queued} bytes unsent)`, { flowId: flow.id });
+    ws.terminate();
+    this.emit('error', err);
+    return err;
   }
 
   #checkAlive(): void {
