@@ -7,6 +7,7 @@ import { MAX_SIP_MESSAGE } from './flow.js';
 import { unmapIPv4 } from './address.js';
 import { TransportError } from './errors.js';
 import { resolveLimits, type ConnectionLimits } from './limits.js';
+import { ConnectionLimiter, RateLimitedReports } from './connection-limiter.js';
 
 export interface WsTransportOptions extends Omit<ConnectionLimits, 'idleTimeoutMs'> {
   /** WebSocket ping every this many ms; a client that has not answered the previous one is dropped (0 or absent: off). */
@@ -16,6 +17,8 @@ export interface WsTransportOptions extends Omit<ConnectionLimits, 'idleTimeoutM
 /**
  * SIP over WebSocket (RFC 7118) on an existing HTTP server: any path, subprotocol `sip`.
  * Each connection is one flow; requests to a WebSocket client can only go down its flow.
+ * Connections are bounded by `ConnectionLimits` (counts, message timeout, write bound); a quiet
+ * client is found by the heartbeat, not timed out.
  */
 export class WsTransport extends EventEmitter<TransportEvents> implements SipTransport {
   readonly kind = 'ws' as const;
@@ -32,11 +35,14 @@ export class WsTransport extends EventEmitter<TransportEvents> implements SipTra
   #alive = new WeakSet<WebSocket>();
 
   #limits: Required<ConnectionLimits>;
+  #reports = new RateLimitedReports((err) => this.emit('error', err));
+  #limiter: ConnectionLimiter;
 
   constructor(server: http.Server, opts: WsTransportOptions = {}) {
     super();
     this.#server = server;
     this.#limits = resolveLimits(opts);
+    this.#limiter = new ConnectionLimiter(this.#limits, 'WebSocket listener', this.#reports);
     if (opts.heartbeatMs) {
       // A browser that vanished without closing (network loss, sleep) would otherwise keep its
       // registration and calls until they expire: ping frames find it within two intervals.
@@ -58,6 +64,13 @@ export class WsTransport extends EventEmitter<TransportEvents> implements SipTra
         socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
         return;
       }
+      const ip = unmapIPv4(req.socket.remoteAddress ?? '');
+      if (!this.#limiter.admit(ip)) {
+        socket.destroy();
+        return;
+      }
+      // Released on the socket's close, which also follows an upgrade that ws refuses.
+      socket.once('close', () => this.#limiter.release(ip));
       this.#wss.handleUpgrade(req, socket, head, (ws) => this.#adopt(ws, req));
     };
     server.on('upgrade', this.#onUpgrade);
@@ -86,9 +99,15 @@ export class WsTransport extends EventEmitter<TransportEvents> implements SipTra
         this.emit('sent', data, flow);
       },
     };
+    const watch = this.#watchMessages(ws, req.socket, flow);
     this.#alive.add(ws);
-    ws.on('pong', () => this.#alive.add(ws));
+    ws.on('pong', (data) => {
+      this.#alive.add(ws);
+      watch.controlFrame(data);
+    });
+    ws.on('ping', (data) => watch.controlFrame(data));
     ws.on('message', (data, isBinary) => {
+      watch.message();
       const text = isBinary ? Buffer.from(data as Buffer).toString('utf8') : data.toString();
       this.#alive.add(ws);
       if (text.trim() === '') {
@@ -101,9 +120,56 @@ export class WsTransport extends EventEmitter<TransportEvents> implements SipTra
     this.#flows.set(flow.id, flow);
     ws.on('error', () => ws.terminate());
     ws.on('close', () => {
+      watch.stop();
       this.#flows.delete(flow.id);
       this.emit('flowClosed', flow);
     });
+  }
+
+  /**
+   * A message begun must be finished within messageTimeoutMs of its first byte. ws only tells of
+   * whole messages, so the bytes read since the last one are counted on the socket (our listener
+   * runs before ws parses each read) less the control frames between (a client frame is masked:
+   * 6 header bytes plus at most 125 of payload). Pongs to our heartbeat between the fragments of a
+   * message do not restart the clock.
+   */
+  #watchMessages(ws: WebSocket, socket: Duplex, flow: Flow) {
+    const ms = this.#limits.messageTimeoutMs;
+    let unfinished = 0;
+    let timer: NodeJS.Timeout | undefined;
+    const settle = () => {
+      if (unfinished <= 0) {
+        unfinished = 0;
+        clearTimeout(timer);
+        timer = undefined;
+        return;
+      }
+      timer ??= setTimeout(() => {
+        const { address, port } = flow.remote;
+        this.#reports.report('GW_SIP_CONNECTION_TIMEOUT', `WebSocket connection from ${address}:${port} closed: a message begun and not finished within ${ms} ms`, flow.id);
+        ws.terminate();
+      }, ms);
+    };
+    const onData = (chunk: Buffer) => {
+      unfinished += chunk.length;
+      settle();
+    };
+    socket.prependListener('data', onData);
+    return {
+      message: () => {
+        unfinished = 0;
+        settle();
+      },
+      controlFrame: (payload: Buffer) => {
+        unfinished -= 6 + payload.length;
+        settle();
+      },
+      stop: () => {
+        socket.off('data', onData);
+        clearTimeout(timer);
+        timer = undefined;
+      },
+    };
   }
 
   /**
