@@ -3,9 +3,13 @@ import tls from 'node:tls';
 import { EventEmitter, once } from 'node:events';
 import type { Address, Flow, FlowDestination, SipTransport, TransportEvents } from './flow.js';
 import { StreamFramer } from './stream-framer.js';
-import { TransportError, createTlsServer, identityName, tlsConnectOptions, trustedRoots, type TlsMaterial } from './tls.js';
+import { createTlsServer, identityName, tlsConnectOptions, trustedRoots, type TlsMaterial } from './tls.js';
+import { TransportError } from './errors.js';
+import { unmapIPv4 } from './address.js';
+import { resolveLimits, type ConnectionLimits } from './limits.js';
+import { ConnectionLimiter, RateLimitedReports } from './connection-limiter.js';
 
-export interface StreamTransportOptions {
+export interface StreamTransportOptions extends ConnectionLimits {
   kind: 'tcp' | 'tls';
   /** Where to listen; absent: outgoing connections only. */
   listen?: { host: string; port: number };
@@ -28,22 +32,32 @@ interface Connection {
   readonly socket: net.Socket;
   /** TLS connections we opened with verification on: the name the certificate was verified against. */
   readonly verifiedName: string | undefined;
+  readonly framer: StreamFramer;
   keepAlive?: NodeJS.Timeout;
   pongTimer?: NodeJS.Timeout;
   /** The peer answered a ping once, so a missing pong later means it is gone. */
   answersPings: boolean;
+  /** Accepted by our listener: the message and idle timeouts apply. */
+  readonly inbound: boolean;
+  /** Runs while a message is partly received (inbound). */
+  messageTimer?: NodeJS.Timeout;
+  /** Runs from accept until the first message either way (inbound). */
+  idleTimer?: NodeJS.Timeout;
 }
 
 /**
  * SIP over TCP or TLS (RFC 3261 §18, Content-Length framing): an optional listener plus outgoing
  * connections, reused per remote address and port. A TLS connection is reused for a verified
- * destination only if it was opened with that destination's name verified.
+ * destination only if it was opened with that destination's name verified. Inbound connections
+ * are bounded by `ConnectionLimits` (counts, message and idle timeouts); all by the write bound.
  */
 export class StreamTransport extends EventEmitter<TransportEvents> implements SipTransport {
   readonly kind: 'tcp' | 'tls';
   #server: net.Server | undefined;
   #local: Address = { address: '', port: 0 };
   #opts: StreamTransportOptions;
+  #limits: Required<ConnectionLimits>;
+  #reports = new RateLimitedReports((err) => this.emit('error', err));
   #roots: string[] | undefined;
   #byRemote = new Map<string, Set<Connection>>();
   #connections = new Set<Connection>();
@@ -57,6 +71,7 @@ export class StreamTransport extends EventEmitter<TransportEvents> implements Si
     super();
     this.kind = opts.kind;
     this.#opts = opts;
+    this.#limits = resolveLimits(opts);
     this.#roots = opts.kind === 'tls' ? trustedRoots(opts.tls) : undefined;
   }
 
@@ -76,15 +91,30 @@ export class StreamTransport extends EventEmitter<TransportEvents> implements Si
         resolve();
       });
     });
+    // Counted from the TCP accept, before any TLS handshake: handshakes in progress hold memory too.
+    const limiter = new ConnectionLimiter(t.#limits, `${opts.kind.toUpperCase()} listener`, t.#reports);
+    const refused = new WeakSet<net.Socket>();
+    server.prependListener('connection', (raw: net.Socket) => {
+      const ip = unmapIPv4(raw.remoteAddress ?? '');
+      if (!limiter.admit(ip)) {
+        refused.add(raw);
+        raw.destroy();
+        return;
+      }
+      raw.once('close', () => limiter.release(ip));
+    });
     if (opts.kind === 'tls') {
       server.on('secureConnection', (socket: tls.TLSSocket) => t.#adopt(socket, undefined));
       // A client that fails the handshake (scanner, wrong protocol, timeout) only loses its own connection.
       server.on('tlsClientError', (err: Error, socket: tls.TLSSocket) => {
         socket.destroy();
+        // A connection refused over a limit fails its handshake too; the limit was reported already.
+        // (`_parent` is the TCP socket under a server-side TLSSocket; no public accessor exists.)
+        if (refused.has((socket as { _parent?: net.Socket })._parent!)) return;
         t.emit('error', new TransportError('GW_SIP_TLS_HANDSHAKE', `TLS handshake from ${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'} failed: ${err.message}`, { cause: err }));
       });
     } else {
-      server.on('connection', (socket: net.Socket) => t.#adopt(socket, undefined));
+      server.on('connection', (socket: net.Socket) => void (socket.destroyed || t.#adopt(socket, undefined)));
     }
     server.on('error', (err) => t.emit('error', err));
     t.#server = server;
@@ -113,29 +143,30 @@ export class StreamTransport extends EventEmitter<TransportEvents> implements Si
       socket.destroy();
       return undefined;
     }
-    const remote = { address: socket.remoteAddress ?? '', port: socket.remotePort ?? 0 };
+    const remote = { address: unmapIPv4(socket.remoteAddress ?? ''), port: socket.remotePort ?? 0 };
     const key = `${remote.address}:${remote.port}`;
     const label = this.kind.toUpperCase();
     const flow: Flow = {
       id: `${this.kind}:${this.#nextId++}:${key}`,
       transport: this.kind,
       reliable: true,
-      local: { address: socket.localAddress ?? '', port: socket.localPort ?? 0 },
+      local: { address: unmapIPv4(socket.localAddress ?? ''), port: socket.localPort ?? 0 },
       remote,
       send: (data: string) => {
         if (socket.destroyed || !socket.writable) throw new Error(`${label} flow ${key} closed`);
-        socket.write(data);
+        const overflow = this.#write(conn, data);
+        if (overflow) throw overflow;
+        this.#carried(conn);
         this.emit('sent', data, flow);
       },
     };
-    const conn: Connection = { flow, socket, verifiedName, answersPings: false };
+    const conn: Connection = { flow, socket, verifiedName, framer: new StreamFramer(), answersPings: false, inbound: !outbound };
     this.#connections.add(conn);
     let set = this.#byRemote.get(key);
     if (!set) this.#byRemote.set(key, (set = new Set()));
     set.add(conn);
     this.#byId.set(flow.id, flow);
 
-    const framer = new StreamFramer();
     socket.setNoDelay(true);
     socket.setKeepAlive(true, TCP_KEEPALIVE_MS);
     socket.on('data', (chunk: Buffer) => {
@@ -147,9 +178,9 @@ export class StreamTransport extends EventEmitter<TransportEvents> implements Si
       }
       let messages: string[];
       try {
-        messages = framer.push(
+        messages = conn.framer.push(
           chunk,
-          () => socket.write('\r\n'),
+          () => void this.#write(conn, '\r\n'),
           () => void (awaitingPong && (conn.answersPings = true)),
         );
       } catch (err) {
@@ -157,12 +188,16 @@ export class StreamTransport extends EventEmitter<TransportEvents> implements Si
         socket.destroy();
         return;
       }
+      if (messages.length > 0) this.#carried(conn);
+      if (conn.inbound) this.#watchMessage(conn);
       for (const m of messages) this.emit('message', m, flow);
     });
     socket.on('error', () => socket.destroy());
     socket.on('close', () => {
       clearInterval(conn.keepAlive);
       clearTimeout(conn.pongTimer);
+      clearTimeout(conn.messageTimer);
+      clearTimeout(conn.idleTimer);
       this.#connections.delete(conn);
       this.#byId.delete(flow.id);
       const s = this.#byRemote.get(key);
@@ -172,7 +207,53 @@ export class StreamTransport extends EventEmitter<TransportEvents> implements Si
     });
     const keepAliveMs = this.#opts.keepAliveMs ?? 0;
     if (outbound && keepAliveMs > 0) this.#startKeepAlive(conn, keepAliveMs);
+    const idleMs = this.#limits.idleTimeoutMs;
+    if (conn.inbound && idleMs > 0) conn.idleTimer = setTimeout(() => this.#timedOut(conn, `no message within ${idleMs} ms`), idleMs);
     return flow;
+  }
+
+  /** The connection carried a message: it is in use, however long it stays quiet from now on. */
+  #carried(conn: Connection): void {
+    if (conn.idleTimer === undefined) return;
+    clearTimeout(conn.idleTimer);
+    conn.idleTimer = undefined;
+  }
+
+  /**
+   * A message begun must be finished within messageTimeoutMs of its first byte, however slowly it
+   * trickles in: a slow sender would otherwise park up to 64 KB per connection for ever.
+   */
+  #watchMessage(conn: Connection): void {
+    if (conn.framer.pending === 0) {
+      clearTimeout(conn.messageTimer);
+      conn.messageTimer = undefined;
+      return;
+    }
+    const ms = this.#limits.messageTimeoutMs;
+    conn.messageTimer ??= setTimeout(() => this.#timedOut(conn, `a message begun and not finished within ${ms} ms`), ms);
+  }
+
+  #timedOut(conn: Connection, why: string): void {
+    const { remote, id } = conn.flow;
+    this.#reports.report('GW_SIP_CONNECTION_TIMEOUT', `${this.kind.toUpperCase()} connection from ${remote.address}:${remote.port} closed: ${why}`, id);
+    conn.socket.destroy();
+  }
+
+  /**
+   * Writes unless the peer has stopped reading: past maxWriteBufferBytes of unsent data the
+   * connection is closed (flowClosed follows) and the error, also emitted, is returned.
+   */
+  #write(conn: Connection, data: string): TransportError | undefined {
+    const { socket, flow } = conn;
+    const queued = socket.writableLength;
+    if (queued <= this.#limits.maxWriteBufferBytes) {
+      socket.write(data);
+      return undefined;
+    }
+    const err = new TransportError('GW_SIP_WRITE_OVERFLOW', `${this.kind.toUpperCase()} flow ${flow.remote.address}:${flow.remote.port} closed: the peer is not reading (${queued} bytes unsent)`, { flowId: flow.id });
+    socket.destroy();
+    this.emit('error', err);
+    return err;
   }
 
   /**
@@ -182,7 +263,8 @@ export class StreamTransport extends EventEmitter<TransportEvents> implements Si
   #startKeepAlive(conn: Connection, everyMs: number): void {
     conn.keepAlive = setInterval(() => {
       if (conn.socket.destroyed || !conn.socket.writable) return;
-      conn.socket.write('\r\n\r\n');
+      if (this.#write(conn, '\r\n\r\n')) return;
+      conn.framer.pingSent();
       // The watch also teaches us whether the peer answers (see the 'data' handler).
       conn.pongTimer ??= setTimeout(() => {
         conn.pongTimer = undefined;
@@ -197,7 +279,7 @@ export class StreamTransport extends EventEmitter<TransportEvents> implements Si
 
   async flowTo(dest: FlowDestination): Promise<Flow> {
     if (this.#closed) throw new Error(`${this.kind.toUpperCase()} transport closed`);
-    const key = `${dest.address}:${dest.port}`;
+    const key = `${unmapIPv4(dest.address)}:${dest.port}`;
     const verify = this.kind === 'tls' && (dest.verify ?? true);
     const name = this.kind === 'tls' ? identityName(dest) : undefined;
     for (const c of this.#byRemote.get(key) ?? []) {

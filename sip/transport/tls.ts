@@ -1,7 +1,8 @@
 import { isIP } from 'node:net';
 import tls from 'node:tls';
-import { GatewayError } from '../../src/util/errors.js';
 import type { FlowDestination } from './flow.js';
+
+export { TransportError } from './errors.js';
 
 /** PEM material for SIP over TLS (file contents, not paths). */
 export interface TlsMaterial {
@@ -10,14 +11,6 @@ export interface TlsMaterial {
   key?: string | Buffer;
   /** Extra trusted roots for verifying peers, on top of Node's bundled ones. */
   ca?: string | Buffer;
-}
-
-/** A transport-level failure a caller can switch on: connect refused/timed out, TLS handshake refused. */
-export class TransportError extends GatewayError {
-  constructor(code: 'GW_SIP_CONNECT_FAILED' | 'GW_SIP_TLS_HANDSHAKE', message: string, options?: { cause?: unknown }) {
-    super(code, message, options);
-    this.name = 'TransportError';
-  }
 }
 
 /**

@@ -206,6 +206,21 @@ describe('stream transport (TCP and TLS)', function () {
     await assert.rejects(t.flowTo({ address: '127.0.0.1', port: 1 }), /closed/);
   });
 
+  it("on a '::' listener, an IPv4 client's flow reads 127.0.0.1 and flowTo that address reuses it", async function () {
+    const probe = net.createServer();
+    const v6 = await new Promise<boolean>((r) => probe.once('error', () => r(false)).listen(0, '::1', () => r(true)));
+    probe.close();
+    if (!v6) this.skip();
+    const listener = await transport({ kind: 'tcp', listen: { host: '::', port: 0 } });
+    const raw = net.connect({ host: '127.0.0.1', port: listener.local.port }, () => raw.write(OPTIONS));
+    cleanups.push(async () => void raw.destroy());
+    const [, flow] = (await once(listener, 'message')) as [string, Flow];
+    assert.deepEqual(flow.remote, { address: '127.0.0.1', port: raw.localPort });
+    assert.equal(flow.local.address, '127.0.0.1');
+    assert.match(flow.id, new RegExp(`^tcp:\\d+:127\\.0\\.0\\.1:${raw.localPort}$`));
+    assert.equal(await listener.flowTo({ address: '127.0.0.1', port: raw.localPort! }), flow);
+  });
+
   it('a TLS listener survives bad clients and frames messages from good ones', async () => {
     const listener = await transport({ kind: 'tls', listen: { host: '127.0.0.1', port: 0 }, tls: { cert: cert.certPem, key: cert.keyPem } });
     const errors: Array<Error & { code?: string }> = [];

@@ -18,9 +18,9 @@ describe('SIP over WebSocket keep-alive', function () {
   let transport: WsTransport | undefined;
   const clients: WebSocket[] = [];
 
-  async function start(heartbeatMs?: number): Promise<string> {
+  async function start(heartbeatMs?: number, host = '127.0.0.1'): Promise<string> {
     server = http.createServer();
-    await new Promise<void>((resolve) => server!.listen(0, '127.0.0.1', resolve));
+    await new Promise<void>((resolve) => server!.listen(0, host, resolve));
     transport = new WsTransport(server, heartbeatMs ? { heartbeatMs } : {});
     return `ws://127.0.0.1:${(server.address() as { port: number }).port}/ws`;
   }
@@ -66,5 +66,19 @@ describe('SIP over WebSocket keep-alive', function () {
     const [data] = (await reply) as [Buffer];
     assert.equal(data.toString(), '\r\n');
     assert.deepEqual(messages, []);
+  });
+
+  it("on a '::' listener, an IPv4 client's flow reads 127.0.0.1", async function () {
+    const probe = http.createServer();
+    const v6 = await new Promise<boolean>((r) => probe.once('error', () => r(false)).listen(0, '::1', () => r(true)));
+    probe.close();
+    if (!v6) this.skip();
+    const url = await start(undefined, '::');
+    const arrived = once(transport!, 'message');
+    const ws = await client(url);
+    ws.send('OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nContent-Length: 0\r\n\r\n');
+    const [, flow] = (await arrived) as [string, Flow];
+    assert.equal(flow.remote.address, '127.0.0.1');
+    assert.match(flow.id, /^ws:\d+:127\.0\.0\.1:\d+$/);
   });
 });
