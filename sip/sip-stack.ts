@@ -28,6 +28,7 @@ import { InvalidStateError } from '../src/util/errors.js';
 import type { DialogOwner, FlowBound, StackContext } from './stack-context.js';
 import { ClientTransaction, DEFAULT_TIMERS, ServerTransaction, clientKey, serverKey, type SipTimers } from './transactions.js';
 import type { Address, Flow, SipTransport, TransportKind } from './transport/flow.js';
+import type { ConnectionLimits } from './transport/limits.js';
 import { StreamTransport } from './transport/tcp.js';
 import type { TlsMaterial } from './transport/tls.js';
 import { UdpTransport } from './transport/udp.js';
@@ -39,6 +40,8 @@ export interface SipListen {
   port: number;
 }
 
+const PEER_FAULTS = new Set(['GW_SIP_TLS_HANDSHAKE', 'GW_SIP_CONNECTION_LIMIT', 'GW_SIP_CONNECTION_TIMEOUT', 'GW_SIP_WRITE_OVERFLOW']);
+
 export interface SipStackOptions {
   listen: SipListen[];
   /** SIP over WebSocket is served on this HTTP server's upgrades (subprotocol `sip`); an HTTPS server makes it WSS. */
@@ -47,6 +50,8 @@ export interface SipStackOptions {
   tls?: TlsMaterial;
   /** RFC 5626 CRLF keep-alive on TCP/TLS connections we open, every this many ms (0 or absent: off). */
   keepAliveMs?: number;
+  /** Bounds on inbound TCP, TLS and WebSocket connections (caps, timeouts, write buffer); defaults in transport/limits.ts. */
+  limits?: ConnectionLimits;
   /** Address put in Via and Contact; defaults to each transport's bound address. */
   announceAddress?: string;
   timers?: Partial<SipTimers>;
@@ -119,7 +124,11 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
       for (const kind of ['tcp', 'tls'] as const) {
         if (!stack.#transports.has(kind)) stack.#addTransport(await StreamTransport.create(stack.#streamOptions(kind)));
       }
-      if (opts.httpServer) stack.#addTransport(new WsTransport(opts.httpServer, opts.keepAliveMs ? { heartbeatMs: opts.keepAliveMs } : {}));
+      if (opts.httpServer) {
+        // idleTimeoutMs is for TCP/TLS only: a WebSocket's liveness is its ping frames.
+        const { idleTimeoutMs: _idle, ...wsLimits } = opts.limits ?? {};
+        stack.#addTransport(new WsTransport(opts.httpServer, { ...wsLimits, ...(opts.keepAliveMs ? { heartbeatMs: opts.keepAliveMs } : {}) }));
+      }
     } catch (err) {
       await stack.close();
       throw err;
@@ -133,6 +142,7 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
       ...(listen ? { listen } : {}),
       ...(kind === 'tls' && this.#opts.tls ? { tls: this.#opts.tls } : {}),
       ...(this.#opts.keepAliveMs ? { keepAliveMs: this.#opts.keepAliveMs } : {}),
+      ...this.#opts.limits,
     };
   }
 
@@ -142,8 +152,9 @@ export class SipStack extends SafeEmitter<SipBackendEvents> implements SipBacken
     t.on('message', (data, flow) => this.#onMessage(data, flow));
     t.on('flowClosed', (flow) => this.#onFlowClosed(flow));
     t.on('error', (err) => {
-      // A client failing our TLS handshake is its own problem (scanners, wrong CA): not a warning of ours.
-      const level = (err as { code?: string }).code === 'GW_SIP_TLS_HANDSHAKE' ? 'info' : 'warn';
+      // A client failing our TLS handshake or hitting a limit is its own problem (scanners, wrong CA,
+      // floods): not a warning of ours. Limit reports are rate-limited by the transports.
+      const level = PEER_FAULTS.has((err as { code?: string }).code ?? '') ? 'info' : 'warn';
       this.#log[level]({ err, transport: t.kind }, 'SIP transport error');
     });
     const observer = this.#opts.observer;

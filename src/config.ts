@@ -52,6 +52,16 @@ export const configSchema = z.strictObject({
       .prefault({}),
     /** RFC 5626 CRLF keep-alive on TCP/TLS connections we open, and WebSocket pings to browsers (a browser that stops answering is dropped) (0: off). */
     keepAliveMs: z.number().int().min(0).max(3_600_000).default(30_000),
+    /** Bounds on inbound TCP, TLS and WebSocket connections: what one peer can make us hold. */
+    limits: z
+      .strictObject({
+        maxConnections: z.number().int().min(1).max(1_000_000).default(4096),
+        maxConnectionsPerIp: z.number().int().min(1).max(1_000_000).default(64),
+        messageTimeoutMs: z.number().int().min(100).max(600_000).default(10_000),
+        idleTimeoutMs: z.number().int().min(0).max(86_400_000).default(300_000),
+        maxWriteBufferBytes: z.number().int().min(64 * 1024).max(1024 * 1024 * 1024).default(1024 * 1024),
+      })
+      .prefault({}),
   }),
   registrar: z
     .strictObject({

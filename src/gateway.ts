@@ -195,6 +195,7 @@ export class Gateway {
         timers: config.sip.timers,
         ...(sipTls ? { tls: sipTls } : {}),
         keepAliveMs: config.sip.keepAliveMs,
+        limits: config.sip.limits,
         ...(config.sip.userAgent ? { userAgent: config.sip.userAgent } : {}),
         observer: metrics.sipObserver,
         resolver,

@@ -6,7 +6,7 @@ import { WebSocket } from 'ws';
 import { StreamTransport } from '../../sip/transport/tcp.js';
 import { WsTransport } from '../../sip/transport/ws.js';
 import type { Flow, SipTransport } from '../../sip/transport/flow.js';
-import { waitFor } from '../support/gateway-harness.js';
+import { assertClean, startGateway, waitFor } from '../support/gateway-harness.js';
 import { createTestCa } from '../support/certs.js';
 
 const OPTIONS = 'OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1;branch=z9hG4bK1\r\nContent-Length: 0\r\n\r\n';
@@ -301,5 +301,31 @@ describe('transport limits', function () {
       assert.equal(quiet.readyState, WebSocket.OPEN);
       await waitFor(() => t.connections === 1, 'the slow client gone at the server');
     });
+  });
+});
+
+describe('transport limits from the gateway config', function () {
+  this.timeout(30_000);
+
+  it('sip.limits.maxConnectionsPerIp reaches the TCP listener: the third connection from one address is closed at once', async () => {
+    const gw = await startGateway({ trunkPort: 9, extra: { sip: { limits: { maxConnectionsPerIp: 2 } } } });
+    const sockets: net.Socket[] = [];
+    try {
+      const tcp = gw.sipAddress('tcp')!;
+      const open = async () => {
+        const s = net.connect({ host: '127.0.0.1', port: tcp.port });
+        sockets.push(s);
+        await once(s, 'connect');
+        return s;
+      };
+      const [a, b] = [await open(), await open()];
+      const third = await open();
+      await once(third, 'close');
+      assert.equal(a.destroyed || b.destroyed, false, 'the first two stay');
+      await assertClean(gw);
+    } finally {
+      sockets.forEach((s) => s.destroy());
+      await gw.close();
+    }
   });
 });
