@@ -44,12 +44,32 @@ function isOpen(ctx: StackContext, flow: Flow): boolean {
 
 const defaultPort = (t: string | undefined) => (t === 'tls' ? 5061 : 5060);
 
+/** RFC 1918, shared (RFC 6598), link-local and unique-local addresses: reachable only inside some private network. */
+export function isPrivateAddress(address: string): boolean {
+  if (isIP(address) === 4) {
+    const [a, b] = address.split('.').map(Number) as [number, number];
+    return a === 10 || (a === 172 && b >= 16 && b <= 31) || (a === 192 && b === 168) || (a === 100 && b >= 64 && b <= 127) || (a === 169 && b === 254);
+  }
+  return isIP(address) === 6 && /^(f[cd]|fe[89ab])/i.test(address);
+}
+
+/**
+ * A peer behind NAT that says so without meaning to: no proxy on the path (no route set), a
+ * Contact naming a private address, and its messages arriving from an address that is not
+ * private. Its Contact cannot be reached from here; where it sends from can (what Kamailio's
+ * fix_nated_contact and Asterisk's rewrite_contact do).
+ */
+function behindNat(dialog: Dialog, flow: Flow, hop: NextHop): boolean {
+  return dialog.routeSet.length === 0 && isPrivateAddress(hop.host) && hop.host !== flow.remote.address && !isPrivateAddress(flow.remote.address);
+}
+
 /** The dialog's flow if it can carry the next request without a lookup or a connection; else undefined. */
 function flowAtHand(ctx: StackContext, dialog: Dialog): Flow | undefined {
   const flow = dialog.flow;
   if (!isOpen(ctx, flow)) return undefined;
   if (ctx.pinned(flow)) return flow;
   const hop = nextHopOf(dialog);
+  if (behindNat(dialog, flow, hop)) return flow;
   if (!isIP(hop.host)) return undefined;
   return leadsTo(ctx, flow, { address: hop.host, port: hop.port ?? defaultPort(hop.transport ?? flow.transport), transport: hop.transport }) ? flow : undefined;
 }

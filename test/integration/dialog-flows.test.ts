@@ -206,6 +206,19 @@ describe('dialogs: in-dialog requests, routes and connections', function () {
     assert.equal((await uas.messages()).filter((m) => m.kind === 'received' && m.method === 'BYE').length, 0, 'no BYE to the first hop');
   });
 
+  it('a trunk behind NAT (private Contact, no Record-Route, messages from elsewhere) gets its BYE where it sends from', async () => {
+    const uas = await sipp({ scenario: 'uas-answer-private-contact', traceMsg: true, keys: { pt: '0', codec: 'PCMU', linger: '0' } });
+    await gateway({ trunkPort: uas.port });
+    const alice = await registered('alice');
+    const call = alice.call('sip:1000@127.0.0.1');
+    await call.established;
+    assert.deepEqual(await call.hangup(), { method: 'BYE', statusCode: 200 });
+    const done = await uas.done;
+    assert.equal(done.code, 0, `the BYE reached the trunk's source address: ${formatSippResult(done)}`);
+    const [bye] = (await uas.messages()).filter((m) => m.kind === 'received' && m.method === 'BYE');
+    assert.match(bye!.text, /^BYE sip:pbx@10\.255\.0\.1:5060 SIP\/2\.0/, 'the Request-URI is still the Contact');
+  });
+
   it('a device registered over UDP with a Contact it cannot be reached at (NAT) gets its BYE where it registered from', async () => {
     await gateway({ trunkPort: 9 });
     const gwPort = gw!.sipAddress('udp')!.port;

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { Dialog } from '../../sip/dialog.js';
+import { isPrivateAddress } from '../../sip/in-dialog.js';
 import { parseSipMessage, type ParsedRequest, type ParsedResponse } from '../../sip/message.js';
 import type { Flow } from '../../sip/transport/flow.js';
 
@@ -83,5 +84,12 @@ describe('Dialog: the remote CSeq (RFC 3261 §12.2.2)', () => {
     assert.equal(d.acceptRemoteSeq(0), true, 'even 0');
     assert.equal(d.acceptRemoteSeq(5), true);
     assert.equal(d.acceptRemoteSeq(4), false);
+  });
+});
+
+describe('private addresses (a Contact behind NAT)', () => {
+  it('knows RFC 1918, RFC 6598, link-local and unique-local addresses, and nothing else', () => {
+    for (const a of ['10.0.0.1', '172.16.0.1', '172.31.255.255', '192.168.1.10', '100.64.0.1', '169.254.1.1', 'fd00::1', 'fe80::1']) assert.equal(isPrivateAddress(a), true, a);
+    for (const a of ['127.0.0.1', '172.32.0.1', '192.0.2.1', '8.8.8.8', '100.128.0.1', '::1', '2001:db8::1', 'pbx.example.com']) assert.equal(isPrivateAddress(a), false, a);
   });
 });
