@@ -3,7 +3,8 @@ import { GatewayError, errorMessage } from '../src/util/errors.js';
 import type { PeerTransport } from './backend.js';
 import type { Dialog } from './dialog.js';
 import type { DigestCredentials } from './digest.js';
-import { authorizationFor, parseUri, type ParsedRequest } from './message.js';
+import { DigestClient } from './digest-client.js';
+import { challengesOf, parseUri, type ParsedRequest } from './message.js';
 import type { StackContext } from './stack-context.js';
 import type { ServerTransaction } from './transactions.js';
 import type { Flow } from './transport/flow.js';
@@ -114,10 +115,16 @@ export async function dialogFlow(ctx: StackContext, dialog: Dialog, avoid?: Flow
 /**
  * Sends BYE in `dialog` (with an optional RFC 3326 Reason) on the flow dialogFlow() picks, at once
  * when the dialog's flow will do, else once a flow is found. Never throws; failures are logged.
- * With `credentials` (a trunk's account), a 401/407 to the BYE is answered once.
+ * With `credentials` (a trunk's account), a 401/407 to the BYE is answered as an INVITE's is
+ * (DigestClient: every realm we may answer, the answers kept across re-sends, once per realm plus
+ * one stale=true retry), each re-send a new transaction with a higher CSeq.
  */
-export function sendBye(ctx: StackContext, dialog: Dialog, reasonHeader?: string, credentials?: DigestCredentials, authorization?: string): void {
-  const bye: Bye = { ctx, dialog, reasonHeader, credentials, authorization };
+export function sendBye(ctx: StackContext, dialog: Dialog, reasonHeader?: string, credentials?: DigestCredentials): void {
+  sendByeRequest({ ctx, dialog, reasonHeader, digest: credentials ? new DigestClient(credentials) : undefined, auth: [] });
+}
+
+function sendByeRequest(bye: Bye): void {
+  const { ctx, dialog } = bye;
   let ready: Flow | undefined;
   try {
     ready = flowAtHand(ctx, dialog);
@@ -133,8 +140,10 @@ interface Bye {
   ctx: StackContext;
   dialog: Dialog;
   reasonHeader: string | undefined;
-  credentials: DigestCredentials | undefined;
-  authorization: string | undefined;
+  /** Answers challenges with the trunk's account; undefined: none to give. */
+  digest: DigestClient | undefined;
+  /** Authorization / Proxy-Authorization lines for this send. */
+  auth: string[];
 }
 
 function byeNotSent(bye: Bye, err: unknown): void {
@@ -143,10 +152,10 @@ function byeNotSent(bye: Bye, err: unknown): void {
 
 /** `retry`: a send failure on this (reused) flow tries once more on a fresh one (the peer may have just closed it). */
 function byeOn(bye: Bye, flow: Flow, retry: boolean): void {
-  const { ctx, dialog, reasonHeader, credentials, authorization } = bye;
+  const { ctx, dialog, reasonHeader, digest, auth } = bye;
   if (ctx.closed()) return byeNotSent(bye, new Error('SIP stack closed'));
   try {
-    const headers = [...(reasonHeader ? [`Reason: ${reasonHeader}`] : []), ...(authorization ? [authorization] : [])];
+    const headers = [...(reasonHeader ? [`Reason: ${reasonHeader}`] : []), ...auth];
     const { text, branch, ruri } = dialog.request('BYE', (b) => ctx.via(flow, b), ctx.contact(flow), { headers });
     const txn = ctx.sendRequest(flow, 'BYE', branch, text);
     txn.on('transportError', (err) => {
@@ -155,12 +164,12 @@ function byeOn(bye: Bye, flow: Flow, retry: boolean): void {
       dialogFlow(ctx, dialog, flow).then((next) => byeOn(bye, next, false), (e: unknown) => byeNotSent(bye, e));
     });
     txn.on('timeout', () => ctx.log.info({ callId: dialog.callId, flow: flow.id }, 'no response to BYE'));
-    if (credentials && !authorization) {
+    if (digest) {
       txn.on('response', (res) => {
         if (res.status !== 401 && res.status !== 407) return;
-        const answer = authorizationFor(res, credentials, { method: 'BYE', uri: ruri });
-        if (answer) sendBye(ctx, dialog, reasonHeader, credentials, answer);
-        else ctx.log.info({ callId: dialog.callId, status: res.status }, 'BYE challenged with nothing we can answer');
+        const { kind, values } = challengesOf(res);
+        if (digest.challenge(kind, values)) sendByeRequest({ ...bye, auth: digest.headers({ method: 'BYE', uri: ruri }) });
+        else ctx.log.info({ callId: dialog.callId, status: res.status }, 'BYE challenged again, or with nothing we can answer');
       });
     }
     txn.start();

@@ -90,6 +90,23 @@ describe('trunks: proxy authentication and outbound routing rules', function () 
     assert.ok(byes[1]!.cseq!.seq > byes[0]!.cseq!.seq, 'the retry has a higher CSeq');
   });
 
+  it("answers a proxy's 407 and then the PBX's 401 to our BYE, keeping the first answer in the third BYE", async () => {
+    const uas = await sipp('uas-auth-bye-chain', {});
+    gw = await startGateway({ trunkPort: uas.port, trunk: { username: 'gwtrunk', password: 'trunk-secret' } });
+    phone = await Softphone.connect({ server: wsUrl(gw), user: 'alice', domain: '127.0.0.1', password: TEST_PASSWORD });
+    const call = phone.call('sip:1000@127.0.0.1');
+    await call.established;
+    await call.hangup();
+    const done = await uas.done;
+    assert.equal(done.code, 0, done.errors);
+    const byes = (await uas.messages()).filter((m) => m.kind === 'received' && m.method === 'BYE');
+    assert.equal(byes.length, 3);
+    assert.match(byes[2]!.text, /\r\nProxy-Authorization: Digest username="gwtrunk", realm="proxy\.sipp\.test"/);
+    assert.match(byes[2]!.text, /\r\nAuthorization: Digest username="gwtrunk", realm="sipp\.test"/);
+    const seqs = byes.map((m) => m.cseq!.seq);
+    assert.ok(seqs[0]! < seqs[1]! && seqs[1]! < seqs[2]!, `each BYE a new CSeq: ${seqs.join(', ')}`);
+  });
+
   it('routes by prefix and regex to two trunks, rewriting the number; no match is 404', async () => {
     const pstn = await sipp('uas-expect-ruri', { expect_user: '4930123456' });
     const pbx = await sipp('uas-expect-ruri', { expect_user: '2001' });
