@@ -113,6 +113,27 @@ export async function dialogFlow(ctx: StackContext, dialog: Dialog, avoid?: Flow
 }
 
 /**
+ * Sends the ACK for a 2xx (RFC 3261 §13.2.2.4) where the dialog's requests go (§12.2.1.1), like
+ * BYE: at once on the dialog's flow when it leads to the next hop, else after a lookup. Keeps it in
+ * `dialog.lastAck` for the 2xx's retransmissions. Never throws; failures are logged.
+ */
+export function sendAck(ctx: StackContext, dialog: Dialog, cseq: number, headers: readonly string[]): void {
+  const send = (flow: Flow) => {
+    const ack = dialog.request('ACK', (b) => ctx.via(flow, b), ctx.contact(flow), { cseq, headers: [...headers] });
+    dialog.lastAck = ack.text;
+    ctx.sendRaw(flow, ack.text);
+  };
+  const failed = (err: unknown) => ctx.log.info({ callId: dialog.callId, err: errorMessage(err) }, 'ACK not sent');
+  try {
+    const ready = flowAtHand(ctx, dialog);
+    if (ready) return send(ready);
+  } catch (err) {
+    return failed(err);
+  }
+  dialogFlow(ctx, dialog).then(send, failed);
+}
+
+/**
  * Sends BYE in `dialog` (with an optional RFC 3326 Reason) on the flow dialogFlow() picks, at once
  * when the dialog's flow will do, else once a flow is found. Never throws; failures are logged.
  * With `credentials` (a trunk's account), a 401/407 to the BYE is answered as an INVITE's is

@@ -1,7 +1,7 @@
 import { SafeEmitter } from '../src/util/safe-emitter.js';
 import type { Destination, LegEnd, LegEvents, LegState, OutboundCall, OutboundCallOptions, TerminateOptions } from './backend.js';
 import { Dialog } from './dialog.js';
-import { handleInDialogRequest, sendBye } from './in-dialog.js';
+import { handleInDialogRequest, sendAck, sendBye } from './in-dialog.js';
 import { DigestClient } from './digest-client.js';
 import { buildRequest, challengesOf, newBranch, randomToken, type ParsedRequest, type ParsedResponse } from './message.js';
 import type { DialogOwner, StackContext } from './stack-context.js';
@@ -57,7 +57,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
   /** CANCEL must wait for a provisional response (RFC 3261 §9.1). */
   #cancelPending: string | undefined;
   /** ACKs of dialogs we ended as soon as they were made (key: INVITE branch and To tag): a retransmitted 2xx gets the ACK again, no new BYE. */
-  #released = new Map<string, string>();
+  #released = new Map<string, Dialog>();
   /** Answers to the challenges to this destination's INVITEs so far (one per kind and realm, RFC 3261 §22.3). */
   #digest: DigestClient | undefined;
 
@@ -320,7 +320,7 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
     const key = `${inv.branch}|${toTag}`;
     const released = this.#released.get(key);
     if (released !== undefined) {
-      this.#ctx.sendRaw(flow, released);
+      if (released.lastAck) this.#ctx.sendRaw(released.flow, released.lastAck);
       return;
     }
     const release = this.#ended || this.#dialog !== undefined || inv !== this.#invite;
@@ -330,11 +330,9 @@ export class OutboundCallLeg extends SafeEmitter<LegEvents> implements OutboundC
     }
     // A new dialog: the first 2xx, a 2xx from another fork, from an abandoned destination, or one that crossed our CANCEL.
     const dialog = Dialog.asUac(res, inv.from, this.#localTag, inv.cseq, flow, inv.ruri);
-    const ack = dialog.request('ACK', (b) => this.#ctx.via(flow, b), this.#ctx.contact(flow), { cseq: inv.cseq, headers: inv.auth });
-    dialog.lastAck = ack.text;
-    this.#ctx.sendRaw(flow, ack.text);
+    sendAck(this.#ctx, dialog, inv.cseq, inv.auth);
     if (release) {
-      this.#released.set(key, ack.text);
+      this.#released.set(key, dialog);
       this.#sendBye(dialog, 'SIP;cause=487;text="Call terminated"');
       return;
     }

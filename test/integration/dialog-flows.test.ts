@@ -204,6 +204,9 @@ describe('dialogs: in-dialog requests, routes and connections', function () {
     const first = await uas.done;
     assert.equal(first.code, 0, formatSippResult(first));
     assert.equal((await uas.messages()).filter((m) => m.kind === 'received' && m.method === 'BYE').length, 0, 'no BYE to the first hop');
+    // The ACK for the 2xx goes the same way (RFC 3261 §13.2.2.4).
+    assert.equal((await far.messages()).filter((m) => m.kind === 'received' && m.method === 'ACK').length, 1, 'the ACK went to the Contact');
+    assert.equal((await uas.messages()).filter((m) => m.kind === 'received' && m.method === 'ACK').length, 0, 'no ACK to the first hop');
   });
 
   it('a trunk behind NAT (private Contact, no Record-Route, messages from elsewhere) gets its BYE where it sends from', async () => {
